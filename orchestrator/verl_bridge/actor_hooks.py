@@ -1,0 +1,152 @@
+"""The two hooks in verl's actor update path that registered policy losses cannot do without.
+
+verl 0.9.1's actor update: ``TrainingWorker.train_mini_batch`` splits a step's batch into mini-batches
+(one optimizer step each) and calls ``TrainingWorker.train_batch`` per mini-batch; the engine splits that
+into micro-batches and calls ``ppo_loss(config, model_output, data)`` per micro-batch, which calls the
+registered policy loss. Two baselines need what that call does not pass:
+
+1. Entropy Advantage needs the *current* policy's per-token entropy. ``model_output["entropy"]`` holds it
+   when ``actor.calculate_entropy=True`` (the algorithm's overrides set it). ``ppo_loss`` is wrapped to
+   hand it, padded like ``log_prob`` and detached, to the loss through ``algorithms.context``.
+2. BAPO searches its bounds per policy update over the whole mini-batch. ``train_batch`` is wrapped: for
+   ``loss_mode=bapo`` it first runs one no-grad forward over the mini-batch (the engine's own
+   ``infer_batch``, with the training micro-batch sizes) that sums Eq. 8's contributions along the
+   bound path, all-reduces them across data-parallel ranks, and fixes the chosen bounds for every
+   micro-batch of the update. Cost: one extra forward per mini-batch, for BAPO only.
+
+Both wrappers are pass-through for every other loss. ``install`` is idempotent; the ``train_batch`` patch is
+applied when ``verl.workers.engine_workers`` is first imported (a heavy module the driver never needs).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.abc
+import importlib.util
+import sys
+
+import torch
+
+from orchestrator.algorithms import bapo
+from orchestrator.algorithms.context import BapoBounds, bapo_bounds, token_entropy
+
+_HOOKED = "_maspo_hooked"
+
+
+def _loss_mode(config) -> str:
+    return config.policy_loss.get("loss_mode", "vanilla")
+
+
+def wrap_ppo_loss(ppo_loss):
+    """verl's ``ppo_loss`` plus the current policy's per-token entropy for ``entropy_adv``."""
+    if getattr(ppo_loss, _HOOKED, False):
+        return ppo_loss
+
+    from verl.workers.utils.padding import no_padding_2_padding
+
+    @functools.wraps(ppo_loss)
+    def hooked_ppo_loss(config, model_output, data, dp_group=None):
+        if _loss_mode(config) != "entropy_adv":
+            return ppo_loss(config, model_output, data, dp_group)
+        entropy = model_output.get("entropy", None)
+        if entropy is None:
+            raise RuntimeError("entropy_adv needs actor.calculate_entropy=True (the update forward's entropy)")
+        with token_entropy(no_padding_2_padding(entropy.detach(), data)):
+            return ppo_loss(config, model_output, data, dp_group)
+
+    setattr(hooked_ppo_loss, _HOOKED, True)
+    return hooked_ppo_loss
+
+
+def search_bapo_bounds_over_mini_batch(worker, data, config) -> BapoBounds:
+    """Algorithm 1 over one mini-batch, all data-parallel ranks together (one no-grad forward)."""
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.utils.padding import no_padding_2_padding
+
+    pl = config.policy_loss
+    path = bapo.bound_path(pl.bapo_c_low_start, pl.bapo_c_low_max, pl.bapo_c_high_start, pl.bapo_c_high_max,
+                           pl.bapo_delta_low, pl.bapo_delta_high)
+    partial_sums: list[torch.Tensor] = []
+
+    def collect(model_output, data, dp_group=None):
+        log_prob = no_padding_2_padding(model_output["log_probs"], data)
+        padded = data.select("response_mask", "old_log_probs", "advantages").to_padded_tensor()
+        old_log_prob = padded["old_log_probs"]
+        ratio = torch.exp(torch.clamp(log_prob - old_log_prob, -20.0, 20.0))
+        partial_sums.append(bapo.contribution_sums(
+            ratio, padded["advantages"], torch.exp(old_log_prob), padded["response_mask"], path, pl.bapo_reading
+        ))
+        return torch.zeros((), device=log_prob.device), {}
+
+    probe = data.copy()
+    engine_config = worker.engine_config
+    tu.assign_non_tensor(
+        probe,
+        use_remove_padding=worker.model_config.get("use_remove_padding", False),
+        use_dynamic_bsz=engine_config.use_dynamic_bsz,
+        max_token_len_per_gpu=engine_config.max_token_len_per_gpu,
+        micro_batch_size_per_gpu=engine_config.micro_batch_size_per_gpu,
+        use_fused_kernels=engine_config.use_fused_kernels,
+    )
+    worker.engine.infer_batch(probe, loss_function=collect)
+    sums = torch.stack(partial_sums).sum(dim=0)
+    group = worker.engine.get_data_parallel_group()
+    if torch.distributed.is_initialized():
+        device_sums = sums.to(worker.device_name if hasattr(worker, "device_name") else sums.device)
+        torch.distributed.all_reduce(device_sums, op=torch.distributed.ReduceOp.SUM, group=group)
+        sums = device_sums.cpu()
+    return bapo.select_bounds(sums, path, pl.bapo_rho0)
+
+
+def wrap_train_batch(train_batch):
+    """``TrainingWorker.train_batch`` that fixes BAPO's bounds for the mini-batch before updating on it."""
+    if getattr(train_batch, _HOOKED, False):
+        return train_batch
+
+    @functools.wraps(train_batch)  # keeps verl's dispatch attributes
+    def hooked_train_batch(self, data):
+        config = getattr(self.loss_fn, "keywords", {}).get("config")
+        if config is None or _loss_mode(config) != "bapo":
+            return train_batch(self, data)
+        with bapo_bounds(search_bapo_bounds_over_mini_batch(self, data, config)):
+            return train_batch(self, data)
+
+    setattr(hooked_train_batch, _HOOKED, True)
+    return hooked_train_batch
+
+
+def _patch_engine_workers(module) -> None:
+    module.ppo_loss = wrap_ppo_loss(module.ppo_loss)
+    module.TrainingWorker.train_batch = wrap_train_batch(module.TrainingWorker.train_batch)
+
+
+class _PatchAfterImport(importlib.abc.MetaPathFinder):
+    """Runs ``_patch_engine_workers`` right after ``verl.workers.engine_workers`` executes."""
+
+    name = "verl.workers.engine_workers"
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        exec_module = spec.loader.exec_module
+
+        def exec_and_patch(module):
+            exec_module(module)
+            _patch_engine_workers(module)
+
+        spec.loader.exec_module = exec_and_patch
+        return spec
+
+
+def install() -> None:
+    """Hook verl's actor loss path (idempotent; inert for losses other than entropy_adv and bapo)."""
+    import verl.workers.utils.losses as verl_losses
+
+    verl_losses.ppo_loss = wrap_ppo_loss(verl_losses.ppo_loss)
+    module = sys.modules.get(_PatchAfterImport.name)
+    if module is not None:
+        _patch_engine_workers(module)
+    elif not any(isinstance(f, _PatchAfterImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _PatchAfterImport())
