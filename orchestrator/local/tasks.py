@@ -1,0 +1,101 @@
+"""A synthetic verifiable-math task family for the local profile, written as verl parquet files.
+
+Problems are integer arithmetic prompts ("37+48=") whose answer the model must give as ``\\boxed{85}``.
+Difficulty is graded in six levels, one validation set per level, named after the paper's six benchmarks in
+order of their difficulty for the paper's models (MATH-500 easiest, AIME 2025 hardest), so the local profile
+produces the same metric keys, tables and dashboards as the cluster (``val-core/<data_source>/acc/mean@k``).
+The training set mixes every level. Generation is deterministic for a seed; validation problems never
+appear in the training set.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+# (data_source, level) — easiest first
+BENCHMARKS: list[tuple[str, int]] = [
+    ("math500", 1), ("amc23", 2), ("minerva", 3), ("olympiad", 4), ("aime24", 5), ("aime25", 6),
+]
+DATA_SOURCE_PREFIX = "local_"
+
+
+@dataclass(frozen=True)
+class Problem:
+    question: str
+    answer: int
+    level: int
+
+
+def _level(rng: random.Random, level: int) -> tuple[str, int]:
+    r = rng.randint
+    if level == 1:  # one digit plus one digit
+        a, b = r(0, 9), r(0, 9)
+        return f"{a}+{b}", a + b
+    if level == 2:  # two digits plus one digit
+        a, b = r(10, 49), r(0, 9)
+        return f"{a}+{b}", a + b
+    if level == 3:  # one-digit subtraction, possibly negative
+        a, b = r(0, 9), r(0, 9)
+        return f"{a}-{b}", a - b
+    if level == 4:  # three one-digit terms
+        a, b, c = r(0, 9), r(0, 9), r(0, 9)
+        return f"{a}+{b}+{c}", a + b + c
+    if level == 5:  # one-digit product
+        a, b = r(2, 9), r(2, 9)
+        return f"{a}*{b}", a * b
+    if level == 6:  # two-digit sums
+        a, b = r(10, 99), r(10, 99)
+        return f"{a}+{b}", a + b
+    raise ValueError(f"level must be 1..6, got {level}")
+
+
+def make_problems(n: int, level: int, seed: int, exclude: set[str] | None = None) -> list[Problem]:
+    """``n`` distinct problems of one level (fewer if the level has fewer distinct problems)."""
+    rng = random.Random(f"{seed}-{level}")
+    seen: set[str] = set(exclude or ())
+    out: list[Problem] = []
+    for _ in range(n * 50):
+        question, answer = _level(rng, level)
+        if question not in seen:
+            seen.add(question)
+            out.append(Problem(f"{question}=", answer, level))
+            if len(out) == n:
+                break
+    return out
+
+
+def verl_row(problem: Problem, data_source: str, split: str, index: int) -> dict:
+    """One row in the schema verl's RLHFDataset reads."""
+    return {
+        "data_source": data_source,
+        "prompt": [{"role": "user", "content": problem.question}],
+        "ability": "math",
+        "reward_model": {"style": "rule", "ground_truth": str(problem.answer)},
+        "extra_info": {"split": split, "index": index, "level": problem.level, "question": problem.question},
+    }
+
+
+def write_dataset(out_dir: Path, *, n_train: int = 2048, n_val: int = 32, seed: int = 0,
+                  train_levels: tuple[int, ...] = (1, 2, 3, 4, 5, 6)) -> tuple[Path, list[Path]]:
+    """Write ``train.parquet`` and one ``val_<benchmark>.parquet`` per benchmark; returns their paths."""
+    import pandas as pd
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    val_paths, held_out = [], set()
+    for name, level in BENCHMARKS:
+        problems = make_problems(n_val, level, seed=seed + 1000)
+        held_out.update(p.question[:-1] for p in problems)
+        rows = [verl_row(p, DATA_SOURCE_PREFIX + name, "test", i) for i, p in enumerate(problems)]
+        path = out_dir / f"val_{name}.parquet"
+        pd.DataFrame(rows).to_parquet(path)
+        val_paths.append(path)
+    per_level = max(1, n_train // len(train_levels))
+    train = [p for level in train_levels for p in make_problems(per_level, level, seed=seed, exclude=held_out)]
+    random.Random(seed).shuffle(train)
+    rows = [verl_row(p, DATA_SOURCE_PREFIX + "train", "train", i) for i, p in enumerate(train)]
+    train_path = out_dir / "train.parquet"
+    pd.DataFrame(rows).to_parquet(train_path)
+    return train_path, val_paths
+
