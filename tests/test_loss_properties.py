@@ -125,3 +125,19 @@ def test_sapo_unilateral_equals_plain_gradient_where_not_gated(batch):
     n_seq = (mask.sum(-1) > 0).sum().clamp(min=1)
     expected = -(rho * adv) / seq_len / n_seq  # seq-mean-token-mean weights
     torch.testing.assert_close(grad[not_gated], expected.expand_as(grad)[not_gated])
+
+
+@SETTINGS
+@given(batch=batches(max_rows=6), split=st.integers(1, 5), reading=st.sampled_from(["literal", "abs_sum", "grad_mass"]))
+def test_bapo_contributions_add_up_over_micro_batches(batch, split, reading):
+    """Why BAPO can search over a whole mini-batch from micro-batches: Eq. 8's sums are additive over rows."""
+    from orchestrator.algorithms import bapo
+
+    old, log_prob, adv, mask, _ = batch
+    ratio = torch.exp(torch.clamp(log_prob - old, -20, 20)).detach()
+    path = bapo.bound_path(0.6, 0.9, 1.2, 3.0, 0.02, 0.05)
+    whole = bapo.contribution_sums(ratio, adv, torch.exp(old), mask, path, reading)
+    split = min(split, len(adv))
+    parts = sum(bapo.contribution_sums(ratio[s], adv[s], torch.exp(old[s]), mask[s], path, reading)
+                for s in (slice(0, split), slice(split, None)))
+    torch.testing.assert_close(whole, parts)

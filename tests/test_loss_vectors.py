@@ -50,8 +50,8 @@ def test_maspo_vectors(vid, rho, adv, pi_old, alpha, beta, sigma, gate, dl):
     if sigma is not None:
         used = sigma_pos if adv > 0 else sigma_neg
         assert used.item() == pytest.approx(sigma, abs=TOL)
-        assert metrics["maspo/gate_mean"] == pytest.approx(gate, abs=1e-5)
-        assert metrics["maspo/gated_frac"] == 1.0
+        assert metrics["actor/maspo/gate_mean"] == pytest.approx(gate, abs=1e-5)
+        assert metrics["actor/maspo/gated_frac"] == 1.0
 
 
 DAC_Q = [1.0, 0.9, 0.8, 0.5, 0.2, 0.1, 0.05, 0.01, 0.001]

@@ -133,10 +133,10 @@ def compute_policy_loss_maspo(
     pg_loss = _aggregate(pg_losses, response_mask, loss_agg_mode, config, rollout_is_weights)
     mask = response_mask.bool()
     return pg_loss, {
-        "maspo/gate_mean": masked_mean(gate, gated & mask).item(),
-        "maspo/gated_frac": masked_mean(gated.float(), mask).item(),
-        "maspo/sigma_pos": masked_mean(sigma_pos, (advantages > 0) & mask).item(),
-        "maspo/sigma_neg": masked_mean(sigma_neg, (advantages < 0) & mask).item(),
+        "actor/maspo/gate_mean": masked_mean(gate, gated & mask).item(),
+        "actor/maspo/gated_frac": masked_mean(gated.float(), mask).item(),
+        "actor/maspo/sigma_pos": masked_mean(sigma_pos, (advantages > 0) & mask).item(),
+        "actor/maspo/sigma_neg": masked_mean(sigma_neg, (advantages < 0) & mask).item(),
         "actor/ppo_kl": _ppo_kl(log_ratio, response_mask),
     }
 
@@ -170,8 +170,8 @@ def compute_policy_loss_dac(
     return pg_loss, {
         "actor/pg_clipfrac": masked_mean(clipped.float(), response_mask).item(),
         "actor/ppo_kl": _ppo_kl(log_ratio, response_mask),
-        "maspo/dac_high_mean": masked_mean(high, response_mask).item(),
-        "maspo/dac_low_mean": masked_mean(low, response_mask).item(),
+        "actor/maspo/dac_high_mean": masked_mean(high, response_mask).item(),
+        "actor/maspo/dac_low_mean": masked_mean(low, response_mask).item(),
     }
 
 
@@ -196,9 +196,9 @@ def compute_policy_loss_bapo(
     return pg_loss, {
         "actor/pg_clipfrac": masked_mean(clipped.float(), response_mask).item(),
         "actor/ppo_kl": _ppo_kl(log_ratio, response_mask),
-        "maspo/bapo_c_low": bounds.c_low,
-        "maspo/bapo_c_high": bounds.c_high,
-        "maspo/bapo_rho_pos": min(bounds.rho_pos, 1e6),
+        "actor/maspo/bapo_c_low": bounds.c_low,
+        "actor/maspo/bapo_c_high": bounds.c_high,
+        "actor/maspo/bapo_rho_pos": min(bounds.rho_pos, 1e6),
     }
 
 
@@ -221,7 +221,7 @@ def compute_policy_loss_sapo_unilateral(
     pg_losses = -advantages * torch.where(gated, soft, ratio)
     pg_loss = _aggregate(pg_losses, response_mask, "seq-mean-token-mean", config, rollout_is_weights)
     return pg_loss, {
-        "maspo/gated_frac": masked_mean(gated.float(), response_mask).item(),
+        "actor/maspo/gated_frac": masked_mean(gated.float(), response_mask).item(),
         "actor/ppo_kl": _ppo_kl(log_ratio, response_mask),
     }
 
@@ -250,7 +250,7 @@ def compute_policy_loss_entropy_adv(
     pg_loss, metrics = compute_policy_loss_vanilla(
         old_log_prob, log_prob, shaped, response_mask, loss_agg_mode, config, rollout_is_weights
     )
-    metrics["maspo/entropy_adv_bonus"] = masked_mean(shaped - advantages, response_mask).item()
+    metrics["actor/maspo/entropy_adv_bonus"] = masked_mean(shaped - advantages, response_mask).item()
     return pg_loss, metrics
 
 
@@ -270,5 +270,5 @@ def compute_policy_loss_adv_reweight(
         old_log_prob, log_prob, shaped, response_mask, loss_agg_mode, config, rollout_is_weights
     )
     nonzero = response_mask.bool() & (advantages != 0)
-    metrics["maspo/adv_reweight_scale"] = masked_mean(shaped / advantages.where(nonzero, 1.0), nonzero).item()
+    metrics["actor/maspo/adv_reweight_scale"] = masked_mean(shaped / advantages.where(nonzero, 1.0), nonzero).item()
     return pg_loss, metrics
