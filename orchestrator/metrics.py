@@ -57,3 +57,37 @@ def benchmark_metrics(per_problem_correct: Sequence[Sequence[float]], ks: Sequen
         out[f"pass@{k}"] = float(np.mean([pass_at_k_unbiased(n, int(sum(s)), k) for s in per_problem_correct]))
         out[f"best@{k}"] = float(np.mean([pass_at_k_bootstrap(s, k) for s in per_problem_correct]))
     return out
+
+
+def validation_pass_at_k(data_sources: Sequence[str], sample_uids: Sequence[str], acc: Sequence[float],
+                         expected_counts: dict[tuple[str, str], int] | None = None) -> dict[str, float]:
+    """The unbiased Pass@k of every validation set, keyed like verl's validation metrics.
+
+    ``val-core/<data_source>/acc/pass@<n>`` for n = samples per problem, ``val-aux/...`` for the smaller k.
+    Missing samples that verl counts as failures (``expected_counts``) count as incorrect here too.
+    """
+    groups: dict[str, dict[str, list[float]]] = {}
+    for source, uid, value in zip(data_sources, sample_uids, acc):
+        groups.setdefault(source, {}).setdefault(uid, []).append(float(value or 0.0))
+    for (source, uid), count in (expected_counts or {}).items():
+        if source in groups:
+            samples = groups[source].setdefault(uid, [])
+            samples.extend([0.0] * max(count - len(samples), 0))
+    out = {}
+    for source, problems in groups.items():
+        n = max(len(samples) for samples in problems.values())
+        for k in k_values(n):
+            values = [pass_at_k_unbiased(len(s), int(sum(s)), min(k, len(s))) for s in problems.values() if s]
+            section = "val-core" if k == n else "val-aux"
+            out[f"{section}/{source}/acc/pass@{k}"] = float(np.mean(values))
+    return out
+
+
+def benchmark_average(metrics: dict[str, float]) -> dict[str, float]:
+    """``val-core/average/acc/<metric>``: the plain mean over validation sets (the paper's Average column)."""
+    per_metric: dict[str, list[float]] = {}
+    for key, value in metrics.items():
+        parts = key.split("/")
+        if len(parts) >= 4 and parts[0] == "val-core" and parts[1] != "average" and parts[2] == "acc":
+            per_metric.setdefault("/".join(parts[3:]), []).append(float(value))
+    return {f"val-core/average/acc/{metric}": float(np.mean(values)) for metric, values in per_metric.items()}

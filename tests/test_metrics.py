@@ -31,3 +31,30 @@ def test_benchmark_metrics():
     assert metrics["pass@1"] == pytest.approx(metrics["mean@4"])
     assert metrics["pass@4"] == pytest.approx(2 / 3)
     assert metrics["best@4"] < metrics["pass@4"]
+
+
+def test_validation_hook_adds_unbiased_pass_at_k_and_the_average_to_verls_metrics():
+    """verl's own PPOTrainer._val_metrics_update, hooked by the plugin, on 2 sets x 2 problems x 4 samples."""
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+
+    sources = ["local_math500"] * 8 + ["local_aime24"] * 8
+    uids = ["a"] * 4 + ["b"] * 4 + ["c"] * 4 + ["d"] * 4
+    acc = [1, 0, 0, 0] + [1, 1, 1, 1] + [0, 0, 0, 0] + [0, 1, 0, 0]
+    infos = {"acc": acc, "score": [2 * a - 1 for a in acc]}
+    metrics = PPOTrainer._val_metrics_update(None, sources, uids, infos, [])
+    assert metrics["val-core/local_math500/acc/mean@4"] == pytest.approx(0.625)  # verl's own
+    assert metrics["val-core/local_math500/acc/pass@4"] == pytest.approx(1.0)
+    assert metrics["val-core/local_aime24/acc/pass@4"] == pytest.approx(0.5)
+    assert metrics["val-aux/local_math500/acc/pass@2"] == pytest.approx((pass_at_k_unbiased(4, 1, 2) + 1) / 2)
+    assert metrics["val-aux/local_aime24/acc/pass@1"] == pytest.approx(0.125)
+    assert metrics["val-core/average/acc/mean@4"] == pytest.approx((0.625 + 0.125) / 2)
+    assert metrics["val-core/average/acc/pass@4"] == pytest.approx(0.75)
+    assert metrics["val-core/average/acc/best@4/mean"] == pytest.approx(
+        (metrics["val-core/local_math500/acc/best@4/mean"] + metrics["val-core/local_aime24/acc/best@4/mean"]) / 2)
+
+
+def test_missing_samples_count_as_failures():
+    from orchestrator.metrics import validation_pass_at_k
+
+    out = validation_pass_at_k(["s", "s"], ["u", "u"], [1, 0], expected_counts={("s", "u"): 4})
+    assert out["val-core/s/acc/pass@4"] == 1.0 and out["val-aux/s/acc/pass@1"] == pytest.approx(0.25)

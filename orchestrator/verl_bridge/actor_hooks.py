@@ -21,14 +21,12 @@ applied when ``verl.workers.engine_workers`` is first imported (a heavy module t
 from __future__ import annotations
 
 import functools
-import importlib.abc
-import importlib.util
-import sys
 
 import torch
 
 from orchestrator.algorithms import bapo
 from orchestrator.algorithms.context import BapoBounds, bapo_bounds, token_entropy
+from orchestrator.verl_bridge.patching import after_import
 
 _HOOKED = "_maspo_hooked"
 
@@ -120,33 +118,9 @@ def _patch_engine_workers(module) -> None:
     module.TrainingWorker.train_batch = wrap_train_batch(module.TrainingWorker.train_batch)
 
 
-class _PatchAfterImport(importlib.abc.MetaPathFinder):
-    """Runs ``_patch_engine_workers`` right after ``verl.workers.engine_workers`` executes."""
-
-    name = "verl.workers.engine_workers"
-
-    def find_spec(self, fullname, path, target=None):
-        if fullname != self.name:
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)
-        exec_module = spec.loader.exec_module
-
-        def exec_and_patch(module):
-            exec_module(module)
-            _patch_engine_workers(module)
-
-        spec.loader.exec_module = exec_and_patch
-        return spec
-
-
 def install() -> None:
     """Hook verl's actor loss path (idempotent; inert for losses other than entropy_adv and bapo)."""
     import verl.workers.utils.losses as verl_losses
 
     verl_losses.ppo_loss = wrap_ppo_loss(verl_losses.ppo_loss)
-    module = sys.modules.get(_PatchAfterImport.name)
-    if module is not None:
-        _patch_engine_workers(module)
-    elif not any(isinstance(f, _PatchAfterImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _PatchAfterImport())
+    after_import("verl.workers.engine_workers", _patch_engine_workers)
