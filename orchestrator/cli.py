@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator, Optional
 
 import typer
@@ -17,7 +18,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 @contextmanager
@@ -118,6 +119,40 @@ def probe_command(
             row.append(f"{weight + 0.0:.2f}")  # + 0.0 turns -0.0 into 0.0
         table.add_row(name, *row)
     console.print(table)
+
+
+@app.command("run")
+def run_command(
+    algorithm: str = typer.Option("maspo", "--algorithm", "-a", help="One of `maspo algorithms`."),
+    alpha: Optional[float] = typer.Option(None, help="MASPO's alpha (or alpha_E / alpha_A of the baselines)."),
+    beta: Optional[float] = typer.Option(None, help="MASPO's beta: sets beta_low and beta_high."),
+    hp: list[str] = typer.Option([], "--set", "-s", help="Any hyperparameter NAME=VALUE (repeatable)."),
+    profile: str = typer.Option("local", help="Where to run: `local` (this machine, CPU)."),
+    steps: int = typer.Option(12, help="Training steps."),
+    seed: int = typer.Option(0, help="Seed of data order, sampling and the actor."),
+    name: Optional[str] = typer.Option(None, help="Trial name (default: from algorithm, hyperparameters, seed)."),
+    out: Optional[Path] = typer.Option(None, help="Output directory (default: runs/<name>)."),
+    model_path: Optional[Path] = typer.Option(None, help="Use this HF model directory instead of the warm start."),
+) -> None:
+    """Run ONE trial: verl's trainer as a Ray Job, with live progress and a summary at the end."""
+    from orchestrator.runner import run_local_trial
+    from orchestrator.specs import trial_config
+
+    with user_errors():
+        values = parse_assignments(hp)
+        if alpha is not None:
+            values["alpha"] = alpha
+        if beta is not None:
+            values["beta"] = beta
+        if profile != "local":
+            from orchestrator.algorithms import AlgorithmError
+
+            raise AlgorithmError(f"profile {profile!r} is not available yet; use --profile local")
+        trial = trial_config(algorithm, values, seed=seed,
+                             profile={"steps": steps, "model_path": model_path})
+    name = name or trial.default_name()
+    out_dir = out or Path("runs") / name
+    raise typer.Exit(run_local_trial(trial, name, out_dir, console))
 
 
 @app.command("demo")

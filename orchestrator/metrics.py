@@ -91,3 +91,42 @@ def benchmark_average(metrics: dict[str, float]) -> dict[str, float]:
         if len(parts) >= 4 and parts[0] == "val-core" and parts[1] != "average" and parts[2] == "acc":
             per_metric.setdefault("/".join(parts[3:]), []).append(float(value))
     return {f"val-core/average/acc/{metric}": float(np.mean(values)) for metric, values in per_metric.items()}
+
+
+class JsonlTail:
+    """Reads the records verl's ``file`` logger appends (``{"step": s, "data": {...}}`` per line) as they come.
+
+    verl opens the file with mode "wb" (a restarted run truncates it); a shrinking file restarts the tail.
+    A partial last line is kept until its newline arrives.
+    """
+
+    def __init__(self, path):
+        from pathlib import Path
+
+        self.path = Path(path)
+        self._offset = 0
+        self._partial = b""
+
+    def read(self) -> list[dict]:
+        import json
+
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return []
+        if size < self._offset:  # truncated: the trainer restarted
+            self._offset, self._partial = 0, b""
+        with open(self.path, "rb") as f:
+            f.seek(self._offset)
+            chunk = f.read()
+        self._offset += len(chunk)
+        lines = (self._partial + chunk).split(b"\n")
+        self._partial = lines.pop()
+        records = []
+        for line in lines:
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    continue
+        return records

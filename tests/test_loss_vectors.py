@@ -11,7 +11,7 @@ import torch
 
 from orchestrator.algorithms import bapo, compute
 from orchestrator.algorithms.config import MaspoPolicyLossConfig
-from orchestrator.algorithms.losses import dac_bounds, entropy_advantage, maspo_gate, maspo_sigmas, reweighted_advantage
+from orchestrator.algorithms.losses import dac_bounds, entropy_advantage, maspo_gate, maspo_sigmas, reweighting_scale
 from tests.conftest import one_token
 
 TOL = 1e-6
@@ -191,7 +191,7 @@ def test_entropy_advantage_vectors(adv, h, expected):
 
 @pytest.mark.parametrize("pi,adv,expected", [(.2, 2, 1.84), (.9, -1, -0.99)])
 def test_advantage_reweighting_vectors(pi, adv, expected):
-    shaped = reweighted_advantage(torch.tensor(float(adv)), torch.tensor(math.log(pi)), alpha=0.1)
+    shaped = reweighting_scale(torch.tensor(math.log(pi)), alpha=0.1) * adv
     assert shaped.item() == pytest.approx(expected, abs=TOL)
     old, log_prob, a, mask = one_token(1.0, adv, pi)
     loss, _ = compute("adv_reweight", old, log_prob, a, mask)

@@ -58,3 +58,18 @@ def test_missing_samples_count_as_failures():
 
     out = validation_pass_at_k(["s", "s"], ["u", "u"], [1, 0], expected_counts={("s", "u"): 4})
     assert out["val-core/s/acc/pass@4"] == 1.0 and out["val-aux/s/acc/pass@1"] == pytest.approx(0.25)
+
+
+def test_jsonl_tail_reads_appended_records_partial_lines_and_restarts(tmp_path):
+    from orchestrator.metrics import JsonlTail
+
+    path = tmp_path / "m.jsonl"
+    tail = JsonlTail(path)
+    assert tail.read() == []
+    path.write_bytes(b'{"step": 0, "data": {"a": 1}}\n{"step": 1, "da')
+    assert tail.read() == [{"step": 0, "data": {"a": 1}}]
+    with open(path, "ab") as f:
+        f.write(b'ta": {"a": 2}}\n')
+    assert tail.read() == [{"step": 1, "data": {"a": 2}}]
+    path.write_bytes(b'{"step": 0, "data": {}}\n')  # a restarted trainer truncates the file
+    assert tail.read() == [{"step": 0, "data": {}}]

@@ -68,3 +68,24 @@ def test_non_default_hyperparameters_reach_the_worker_config():
     config = compose_trainer_config(BASE + get("bapo").verl_overrides({"reading": "grad_mass", "rho0": 0.5}))
     pl = actor_config_of(config).policy_loss
     assert (pl.bapo_reading, pl.bapo_rho0) == ("grad_mass", 0.5)
+
+
+IMPORT_ORDER = r"""
+import json
+import orchestrator.algorithms  # before verl: the plugin then loads while this package initialises
+import verl
+from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY
+from verl.utils.device import get_device_name
+import verl.workers.utils.losses as L
+print(json.dumps({"losses": sorted(POLICY_LOSS_REGISTRY), "device": get_device_name(),
+                  "hooked": getattr(L.ppo_loss, "_maspo_hooked", False)}))
+"""
+
+
+def test_plugin_works_whatever_is_imported_first():
+    env = {**__import__("os").environ, "VERL_PLATFORM": "cpu"}
+    out = subprocess.run([sys.executable, "-c", IMPORT_ORDER], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert {"maspo", "dac", "bapo", "entropy_adv", "adv_reweight", "sapo_unilateral"} <= set(report["losses"])
+    assert report["device"] == "cpu" and report["hooked"]

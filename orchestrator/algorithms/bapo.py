@@ -46,27 +46,53 @@ def contribution_sums(
     path: list[tuple[float, float]],
     reading: str = "literal",
 ) -> torch.Tensor:
-    """(len(path), 2) float64 tensor of Eq. 8's numerator and denominator sums, before the absolute values."""
+    """(len(path), 2) float64 tensor of Eq. 8's numerator and denominator sums, before the absolute values.
+
+    One pass over the tokens for the whole path. Per token, with w = pi_old and c_low < 1 < c_high,
+        min(r A, clip(r, c_low, c_high) A) = A min(r, c_high)  if A > 0,   A max(r, c_low)  if A < 0,
+    and clip(r, 0, c_high) gives the same for A > 0. So with
+        P(c_high) = sum_{A>0} w A min(r, c_high),   N(c_low) = sum_{A<0} w |A| max(r, c_low),
+        G+(c_high) = sum_{A>0, r<=c_high} w |A|,    G-(c_low) = sum_{A<0, r>=c_low} w |A|,
+    literal: (P, P - N); abs_sum: (P, P + N); grad_mass: (G+, G+ + G-). Each of P, N, G+- at every bound on the
+    path comes from per-bin sums (bucketize) and cumulative sums.
+    """
+    if reading not in ("literal", "abs_sum", "grad_mass"):
+        raise ValueError(f"unknown BAPO reading {reading!r}: literal, abs_sum or grad_mass")
     mask = response_mask.bool()
-    r, a, p = ratio.detach()[mask].double(), advantages[mask].double(), pi_old.detach()[mask].double()
-    positive = a > 0
-    sums = torch.zeros(len(path), 2, dtype=torch.float64, device=ratio.device)
-    for k, (c_low, c_high) in enumerate(path):
-        if reading == "grad_mass":
-            live_pos = positive & (r <= c_high)
-            live = live_pos | ((a < 0) & (r >= c_low)) | (a == 0)
-            sums[k, 0] = (p * a.abs() * live_pos).sum()
-            sums[k, 1] = (p * a.abs() * live).sum()
-            continue
-        term_pos = p * torch.minimum(r * a, torch.clamp(r, 0.0, c_high) * a) * positive
-        term_all = p * torch.minimum(r * a, torch.clamp(r, c_low, c_high) * a)
-        if reading == "abs_sum":
-            term_pos, term_all = term_pos.abs(), term_all.abs()
-        elif reading != "literal":
-            raise ValueError(f"unknown BAPO reading {reading!r}: literal, abs_sum or grad_mass")
-        sums[k, 0] = term_pos.sum()
-        sums[k, 1] = term_all.sum()
-    return sums
+    r, a, w = ratio.detach()[mask].double(), advantages.detach()[mask].double(), pi_old.detach()[mask].double()
+    wa = w * a.abs()
+    pos, neg = a > 0, a < 0
+    highs = torch.tensor(sorted({c_high for _, c_high in path}), dtype=torch.float64, device=r.device)
+    lows = torch.tensor(sorted({c_low for c_low, _ in path}), dtype=torch.float64, device=r.device)
+
+    def below_and_total(values: torch.Tensor, bounds: torch.Tensor, right: bool, select: torch.Tensor):
+        """(per bound: the sum of the selected tokens' values whose r is below it; their total)."""
+        per_bin = torch.zeros(len(bounds) + 1, dtype=torch.float64, device=r.device)
+        per_bin.index_add_(0, torch.bucketize(r[select], bounds, right=right), values[select])
+        return torch.cumsum(per_bin, 0)[:-1], per_bin.sum()
+
+    # positive tokens with r <= c_high (right=False: bin = number of bounds < r)
+    pos_wa_r, _ = below_and_total(wa * r, highs, False, pos)
+    pos_wa, pos_wa_total = below_and_total(wa, highs, False, pos)
+    # negative tokens with r < c_low (right=True: bin = number of bounds <= r)
+    neg_wa_r, neg_wa_r_total = below_and_total(wa * r, lows, True, neg)
+    neg_wa, neg_wa_total = below_and_total(wa, lows, True, neg)
+
+    p_high = pos_wa_r + highs * (pos_wa_total - pos_wa)  # P(c_high)
+    n_low = (neg_wa_r_total - neg_wa_r) + lows * neg_wa  # N(c_low)
+    g_pos, g_neg = pos_wa, neg_wa_total - neg_wa  # G+(c_high), G-(c_low)
+
+    hi = {c: i for i, c in enumerate(highs.tolist())}
+    lo = {c: i for i, c in enumerate(lows.tolist())}
+    i_high = torch.tensor([hi[c_high] for _, c_high in path], device=r.device)
+    i_low = torch.tensor([lo[c_low] for c_low, _ in path], device=r.device)
+    if reading == "grad_mass":
+        numerator = g_pos[i_high]
+        denominator = numerator + g_neg[i_low]
+    else:
+        numerator = p_high[i_high]
+        denominator = numerator - n_low[i_low] if reading == "literal" else numerator + n_low[i_low]
+    return torch.stack([numerator, denominator], dim=1)
 
 
 def select_bounds(sums: torch.Tensor, path: list[tuple[float, float]], rho0: float) -> BapoBounds:

@@ -254,9 +254,9 @@ def compute_policy_loss_entropy_adv(
     return pg_loss, metrics
 
 
-def reweighted_advantage(advantages: torch.Tensor, old_log_prob: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Yang et al. 2025b: A' = [alpha * pi_old + (1 - alpha)] * A, pi_old = exp(old_log_prob), no gradient."""
-    return (alpha * torch.exp(old_log_prob.detach()) + (1.0 - alpha)) * advantages
+def reweighting_scale(old_log_prob: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Yang et al. 2025b: A' = [alpha * pi_old + (1 - alpha)] * A; this is the factor, pi_old = exp(old_log_prob)."""
+    return alpha * torch.exp(old_log_prob.detach()) + (1.0 - alpha)
 
 
 @register_policy_loss("adv_reweight")
@@ -265,10 +265,9 @@ def compute_policy_loss_adv_reweight(
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Advantage Reweighting: verl's PPO clip on A' (old_log_prob is fixed during a step, so computing A'
     here equals computing it once on the driver after advantage estimation)."""
-    shaped = reweighted_advantage(advantages, old_log_prob, config.policy_loss.adv_reweight_alpha)
+    scale = reweighting_scale(old_log_prob, config.policy_loss.adv_reweight_alpha)
     pg_loss, metrics = compute_policy_loss_vanilla(
-        old_log_prob, log_prob, shaped, response_mask, loss_agg_mode, config, rollout_is_weights
+        old_log_prob, log_prob, scale * advantages, response_mask, loss_agg_mode, config, rollout_is_weights
     )
-    nonzero = response_mask.bool() & (advantages != 0)
-    metrics["actor/maspo/adv_reweight_scale"] = masked_mean(shaped / advantages.where(nonzero, 1.0), nonzero).item()
+    metrics["actor/maspo/adv_reweight_scale"] = masked_mean(scale, response_mask.bool() & (advantages != 0)).item()
     return pg_loss, metrics

@@ -4,8 +4,8 @@ Problems are integer arithmetic prompts ("37+48=") whose answer the model must g
 Difficulty is graded in six levels, one validation set per level, named after the paper's six benchmarks in
 order of their difficulty for the paper's models (MATH-500 easiest, AIME 2025 hardest), so the local profile
 produces the same metric keys, tables and dashboards as the cluster (``val-core/<data_source>/acc/mean@k``).
-The training set mixes every level. Generation is deterministic for a seed; validation problems never
-appear in the training set.
+The training set mixes every level. Generation is deterministic for a seed; validation problems of the
+levels with many problems (5, 6) never appear in the training set.
 """
 
 from __future__ import annotations
@@ -19,6 +19,10 @@ BENCHMARKS: list[tuple[str, int]] = [
     ("math500", 1), ("amc23", 2), ("minerva", 3), ("olympiad", 4), ("aime24", 5), ("aime25", 6),
 ]
 DATA_SOURCE_PREFIX = "local_"
+RECIPE_VERSION = 2  # bump when the generated data changes (names cached data sets)
+# Levels 1-4 are small tables (at most 100 problems): their validation problems also occur in training,
+# as facts a model has seen. Levels 5-6 have 1,000+ problems: their validation problems are held out.
+HELD_OUT_LEVELS = (5, 6)
 
 
 @dataclass(frozen=True)
@@ -29,22 +33,23 @@ class Problem:
 
 
 def _level(rng: random.Random, level: int) -> tuple[str, int]:
+    """One problem of a level. Levels 1-4 are small tables a tiny model can learn; 5-6 need carries."""
     r = rng.randint
-    if level == 1:  # one digit plus one digit
+    if level == 1:  # small sums
+        a, b = r(0, 4), r(0, 4)
+        return f"{a}+{b}", a + b
+    if level == 2:  # one-digit sums
         a, b = r(0, 9), r(0, 9)
         return f"{a}+{b}", a + b
-    if level == 2:  # two digits plus one digit
-        a, b = r(10, 49), r(0, 9)
-        return f"{a}+{b}", a + b
-    if level == 3:  # one-digit subtraction, possibly negative
+    if level == 3:  # one-digit differences, possibly negative
         a, b = r(0, 9), r(0, 9)
         return f"{a}-{b}", a - b
-    if level == 4:  # three one-digit terms
-        a, b, c = r(0, 9), r(0, 9), r(0, 9)
-        return f"{a}+{b}+{c}", a + b + c
-    if level == 5:  # one-digit product
+    if level == 4:  # one-digit products
         a, b = r(2, 9), r(2, 9)
         return f"{a}*{b}", a * b
+    if level == 5:  # three one-digit terms
+        a, b, c = r(0, 9), r(0, 9), r(0, 9)
+        return f"{a}+{b}+{c}", a + b + c
     if level == 6:  # two-digit sums
         a, b = r(10, 99), r(10, 99)
         return f"{a}+{b}", a + b
@@ -63,6 +68,19 @@ def make_problems(n: int, level: int, seed: int, exclude: set[str] | None = None
             out.append(Problem(f"{question}=", answer, level))
             if len(out) == n:
                 break
+    return out
+
+
+def sample_problems(n: int, levels: tuple[int, ...], seed: int, exclude: set[str] | None = None) -> list[Problem]:
+    """The training distribution: a uniform level, then a uniform problem of it (repeats allowed)."""
+    rng = random.Random(f"train-{seed}")
+    exclude = exclude or set()
+    out: list[Problem] = []
+    while len(out) < n:
+        level = rng.choice(levels)
+        question, answer = _level(rng, level)
+        if question not in exclude:
+            out.append(Problem(f"{question}=", answer, level))
     return out
 
 
@@ -86,14 +104,13 @@ def write_dataset(out_dir: Path, *, n_train: int = 2048, n_val: int = 32, seed: 
     val_paths, held_out = [], set()
     for name, level in BENCHMARKS:
         problems = make_problems(n_val, level, seed=seed + 1000)
-        held_out.update(p.question[:-1] for p in problems)
+        if level in HELD_OUT_LEVELS:
+            held_out.update(p.question[:-1] for p in problems)
         rows = [verl_row(p, DATA_SOURCE_PREFIX + name, "test", i) for i, p in enumerate(problems)]
         path = out_dir / f"val_{name}.parquet"
         pd.DataFrame(rows).to_parquet(path)
         val_paths.append(path)
-    per_level = max(1, n_train // len(train_levels))
-    train = [p for level in train_levels for p in make_problems(per_level, level, seed=seed, exclude=held_out)]
-    random.Random(seed).shuffle(train)
+    train = sample_problems(n_train, train_levels, seed=seed, exclude=held_out)
     rows = [verl_row(p, DATA_SOURCE_PREFIX + "train", "train", i) for i, p in enumerate(train)]
     train_path = out_dir / "train.parquet"
     pd.DataFrame(rows).to_parquet(train_path)

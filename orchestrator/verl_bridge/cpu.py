@@ -206,4 +206,7 @@ def activate_if_requested() -> bool:
     if pm._current_platform is not None and not isinstance(pm._current_platform, registered):
         pm.set_platform(registered())  # something resolved the platform before this plugin loaded
     _patch_init_process_group()
+    from orchestrator.verl_bridge import hf_rollout  # after the platform: verl modules read the device at import
+
+    hf_rollout.register()  # rollout.name=hf, the CPU rollout backend
     return True

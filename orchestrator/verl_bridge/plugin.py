@@ -1,19 +1,17 @@
 """verl plugin entry point (``[project.entry-points."verl.plugins"]`` in pyproject.toml).
 
-verl imports this module at ``import verl`` in the driver, the task runner and every Ray worker,
-so the losses are in verl's registry wherever ``loss_mode`` is looked up.
+verl imports this module at ``import verl`` in the driver, the task runner and every Ray worker, so the losses
+are in verl's registry wherever ``loss_mode`` is looked up, and the hooks are in place in every process.
+Only submodules are imported here, never names of the ``orchestrator.algorithms`` package: when a process
+imports ``orchestrator.algorithms`` first, that package is still initialising while verl loads this plugin.
 """
 
-from orchestrator.algorithms import register_with_verl
-from orchestrator.verl_bridge import actor_hooks, validation_hooks
+from orchestrator.verl_bridge import cpu
 
-register_with_verl()
+cpu.activate_if_requested()  # inert unless VERL_PLATFORM=cpu (the local profile); before verl reads the device
+
+from orchestrator.algorithms import losses as _losses  # noqa: E402,F401  (registers the losses)
+from orchestrator.verl_bridge import actor_hooks, validation_hooks  # noqa: E402
+
 actor_hooks.install()
 validation_hooks.install()
-
-try:  # the CPU platform is added by the local profile; inert unless VERL_PLATFORM=cpu
-    from orchestrator.verl_bridge import cpu as _cpu
-except ImportError:  # pragma: no cover - module not present yet
-    _cpu = None
-if _cpu is not None:
-    _cpu.activate_if_requested()

@@ -1,0 +1,125 @@
+"""Ray clusters the orchestrator talks to. For now: a private local Ray for the local profile.
+
+The local cluster is ``ray start --head --block`` in its own process session with every port chosen
+explicitly (free ports on 127.0.0.1) and its own temp dir, so another Ray on the same machine can neither
+receive our jobs nor be stopped by us (``ray stop`` would kill every Ray of the user). It declares fake GPU
+slots (verl checks for "GPU" resources before it places workers) and 16 logical CPUs (verl and
+TransferQueue ask for whole CPUs per actor). Token authentication is disabled for it: it listens on
+127.0.0.1 only and lives as long as the command that started it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def free_ports(n: int) -> list[int]:
+    sockets, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        sockets.append(s)
+        ports.append(s.getsockname()[1])
+    for s in sockets:
+        s.close()
+    return ports
+
+
+class LocalRayCluster:
+    """A private single-node Ray cluster; ``with LocalRayCluster() as ray: ray.job_client()``."""
+
+    def __init__(self, num_cpus: int = 16, num_gpus: int = 1, log_dir: Path | None = None, start_timeout: float = 180):
+        self.num_cpus, self.num_gpus, self.start_timeout = num_cpus, num_gpus, start_timeout
+        # unix socket paths must stay short: a short temp dir under /tmp
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="maspo-ray-", dir="/tmp"))
+        self.log_path = (log_dir or self.temp_dir) / "ray-start.log"
+        self.process: subprocess.Popen | None = None
+        (self.gcs_port, self.dashboard_port, self.agent_port, self.agent_grpc_port, self.runtime_env_port,
+         self.metrics_port, self.client_port, self.node_manager_port, self.object_manager_port) = free_ports(9)
+        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def start(self) -> LocalRayCluster:
+        ray = str(Path(sys.executable).with_name("ray"))
+        command = [
+            ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={self.gcs_port}",
+            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+            f"--dashboard-agent-listen-port={self.agent_port}", f"--dashboard-agent-grpc-port={self.agent_grpc_port}",
+            f"--runtime-env-agent-port={self.runtime_env_port}", f"--metrics-export-port={self.metrics_port}",
+            f"--ray-client-server-port={self.client_port}", f"--node-manager-port={self.node_manager_port}",
+            f"--object-manager-port={self.object_manager_port}", f"--temp-dir={self.temp_dir}",
+            f"--num-cpus={self.num_cpus}", f"--num-gpus={self.num_gpus}", "--disable-usage-stats",
+        ]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "w")
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                        start_new_session=True)
+        self._wait_for_job_agent()
+        return self
+
+    def _wait_for_job_agent(self) -> None:
+        """Jobs can be submitted once the dashboard's job agent answers (it starts after the head)."""
+        import requests
+
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ray start exited with {self.process.returncode}; see {self.log_path}")
+            try:
+                response = requests.get(f"{self.dashboard_url}/api/jobs/", timeout=2)
+                if response.status_code == 200 and self._agent_ready():
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"the local Ray did not come up in {self.start_timeout:.0f} s; see {self.log_path}")
+
+    def _agent_ready(self) -> bool:
+        import requests
+
+        try:
+            return requests.get(f"http://127.0.0.1:{self.agent_port}/api/local_raylet_healthz", timeout=2).ok
+        except requests.RequestException:
+            return False
+
+    def job_client(self):
+        from ray.job_submission import JobSubmissionClient
+
+        return JobSubmissionClient(self.dashboard_url)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalRayCluster:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

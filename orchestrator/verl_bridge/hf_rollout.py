@@ -1,0 +1,399 @@
+"""A Hugging Face ``transformers`` rollout backend for verl 0.9.1 on CPU: ``actor_rollout_ref.rollout.name=hf``.
+
+verl's trainer only generates through an inference *server* (vLLM, SGLang, TensorRT-LLM), none of which runs
+on a CPU-only machine. This module plugs a small one into verl's two rollout registries (``register()``, called
+by ``cpu.activate_if_requested()`` in every verl process of a ``VERL_PLATFORM=cpu`` run):
+
+- ``RolloutReplicaRegistry["hf"]`` -> ``HFReplica``: launched by the trainer's ``LLMServerManager``; starts one
+  ``HFRolloutServer`` Ray actor per replica (named ``hf_server_<replica_rank>``), on the node of its trainer worker;
+- ``_ROLLOUT_REGISTRY[("hf", "async")]`` -> ``HFServerAdapter``: built inside the actor worker (hybrid engine);
+  verl hands it the new weights after every actor update (``update_weights``) and it forwards them to the server.
+
+The server (``HFRolloutServer``):
+
+- ``generate(prompt_ids, sampling_params, request_id, **kw) -> TokenOutput`` is what verl's agent loop calls, one
+  request per sample, all concurrently (the actor is async, ``max_concurrency`` ~1000). Requests are queued; a
+  single batcher task collects them (it waits until no new request arrived for ``BATCH_GAP_S``, at most
+  ``BATCH_WINDOW_S``, at most ``max_num_seqs`` requests) and generates the batch in one KV-cached sampling loop
+  in a worker thread, so the event loop keeps queueing the next batch meanwhile;
+- the sampling loop: left-padded prompts, explicit position ids, per-request temperature / top-k / top-p /
+  max_tokens (``temperature <= 0`` is greedy), stop at any eos/pad id of the model (the stop token is returned,
+  as vLLM does), finished rows dropped from the batch and its KV cache. The log-prob returned per token is
+  ``log_softmax(logits / temperature)`` of the sampled token over the full vocabulary (before top-k/top-p), which
+  is what verl's actor recomputes as the old policy, so ``training/rollout_actor_probs_pearson_corr`` ~ 1;
+- ``TokenOutput.extra_fields["global_steps"]``: the weight version, set by the adapter after each sync (the v1
+  trainer's metrics need it);
+- sleep / wake_up / abort / resume / KV-cache calls are no-ops: generation is idle when verl syncs weights, and a
+  lock keeps a weight load from overlapping a batch anyway.
+
+Weight sync: the adapter drains verl's ``(name, tensor)`` generator on every trainer rank (it all-gathers FSDP
+shards, a collective), and rank 0 of each replica sends the tensors to its server through Ray in buckets of
+``checkpoint_engine.update_weights_bucket_megabytes``; the server ``load_state_dict``s them. Every update prints
+a line ``[hf_rollout] weights <fingerprint> ...`` (and each batch a throughput line) to the run's output.
+
+The model is loaded with ``AutoModelForCausalLM`` from the actor's checkpoint in ``rollout.dtype`` (sdpa
+attention). Threads: ``MASPO_HF_ROLLOUT_THREADS``, default what Ray gives the actor (``OMP_NUM_THREADS``, 1): on a
+small model and a busy 2-core machine, 2 OpenMP threads were 10-40x slower than 1 (spinning threads contend).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from verl.workers.rollout.base import BaseRollout
+from verl.workers.rollout.replica import RolloutReplica
+
+NAME = "hf"
+BATCH_GAP_S = 0.05  # a batch closes once no request arrived for this long ...
+BATCH_WINDOW_S = 0.5  # ... or this long after its first request
+
+_DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
+           "float32": "float32", "fp32": "float32", "float": "float32"}
+
+
+def register() -> None:
+    """Add the "hf" rollout to verl's replica and server-adapter registries (idempotent)."""
+    from verl.workers.rollout import base
+    from verl.workers.rollout.replica import RolloutReplicaRegistry
+
+    base._ROLLOUT_REGISTRY[(NAME, "async")] = f"{__name__}.HFServerAdapter"
+    RolloutReplicaRegistry.register(NAME, lambda: HFReplica)
+
+
+def server_name(replica_rank: int, suffix: str = "") -> str:
+    return f"{NAME}_server_{replica_rank}{suffix}"
+
+
+# --------------------------------------------------------------------------------------------- sampling
+
+
+@dataclass
+class _Request:
+    prompt_ids: list[int]
+    max_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    future: asyncio.Future = field(repr=False)
+
+
+def sample_batch(model, requests: list[_Request], stop_ids: list[int], pad_id: int, generator=None):
+    """Generate every request in one KV-cached loop; returns ``[(token_ids, log_probs), ...]`` in order."""
+    import torch
+
+    device = next(model.parameters()).device
+    n = len(requests)
+    lengths = [len(r.prompt_ids) for r in requests]
+    width = max(lengths)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    attention = torch.zeros((n, width), dtype=torch.long)
+    for i, r in enumerate(requests):  # left padding
+        input_ids[i, width - lengths[i]:] = torch.tensor(r.prompt_ids, dtype=torch.long)
+        attention[i, width - lengths[i]:] = 1
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+
+    temperature = torch.tensor([r.temperature for r in requests], dtype=torch.float32)
+    greedy = temperature <= 0
+    temperature = torch.where(greedy, torch.ones_like(temperature), temperature)
+    top_k = torch.tensor([r.top_k if r.top_k and r.top_k > 0 else 0 for r in requests], dtype=torch.long)
+    top_p = torch.tensor([r.top_p if r.top_p is not None else 1.0 for r in requests], dtype=torch.float32)
+    max_tokens = torch.tensor([r.max_tokens for r in requests], dtype=torch.long)
+    stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long)
+
+    tokens: list[list[int]] = [[] for _ in requests]
+    log_probs: list[list[float]] = [[] for _ in requests]
+    rows = torch.nonzero(max_tokens > 0).flatten()  # original index of each row still generating
+    if rows.numel() == 0:
+        return list(zip(tokens, log_probs))
+    input_ids, attention, positions = input_ids[rows].to(device), attention[rows].to(device), positions[rows]
+
+    out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions.to(device), use_cache=True)
+    cache, logits = out.past_key_values, out.logits[:, -1, :]
+    next_position = positions[:, -1] + 1
+    step = 0
+    while True:
+        scaled = logits.float().cpu() / temperature[rows, None]
+        chosen = _choose(scaled, greedy[rows], top_k[rows], top_p[rows], generator)
+        chosen_lp = torch.log_softmax(scaled, dim=-1).gather(1, chosen[:, None]).squeeze(1)
+        for j, i in enumerate(rows.tolist()):
+            tokens[i].append(int(chosen[j]))
+            log_probs[i].append(float(chosen_lp[j]))
+        step += 1
+        alive = ~(torch.isin(chosen, stop) | (max_tokens[rows] <= step))
+        if not alive.any():
+            break
+        if not alive.all():  # drop finished rows from the batch and the cache
+            keep = torch.nonzero(alive).flatten()
+            rows, chosen, next_position, attention = rows[keep], chosen[keep], next_position[keep], attention[keep]
+            cache.batch_select_indices(keep.to(device))
+        attention = torch.cat([attention, attention.new_ones((attention.size(0), 1))], dim=1)
+        out = model(input_ids=chosen[:, None].to(device), attention_mask=attention,
+                    position_ids=next_position[:, None].to(device), past_key_values=cache, use_cache=True)
+        cache, logits = out.past_key_values, out.logits[:, -1, :]
+        next_position = next_position + 1
+    return list(zip(tokens, log_probs))
+
+
+def _choose(scaled_logits, greedy, top_k, top_p, generator):
+    """One token per row: argmax for greedy rows, else a sample from the top-k / top-p filtered distribution."""
+    import torch
+
+    vocab = scaled_logits.size(-1)
+    if bool(((top_k > 0) & (top_k < vocab)).any()) or bool((top_p < 1.0).any()):
+        sorted_logits, order = scaled_logits.sort(dim=-1, descending=True)
+        rank = torch.arange(vocab).expand_as(sorted_logits)
+        k = torch.where(top_k > 0, top_k.clamp(max=vocab), torch.full_like(top_k, vocab))
+        sorted_logits = sorted_logits.masked_fill(rank >= k[:, None], float("-inf"))
+        probs = torch.softmax(sorted_logits, dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs  # keep a token while the mass before it is < top_p
+        probs = probs.masked_fill((mass_before >= top_p[:, None]) & (rank > 0), 0.0)
+        sampled = order.gather(1, torch.multinomial(probs, 1, generator=generator)).squeeze(1)
+    else:
+        sampled = torch.multinomial(torch.softmax(scaled_logits, dim=-1), 1, generator=generator).squeeze(1)
+    return torch.where(greedy, scaled_logits.argmax(dim=-1), sampled)
+
+
+def weights_fingerprint(model, samples_per_tensor: int = 4096) -> str:
+    """A short digest of (an evenly strided sample of) every parameter: cheap, and it changes with the weights."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        flat = p.detach().flatten()
+        h.update(name.encode())
+        h.update(flat[:: max(1, flat.numel() // samples_per_tensor)].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+# ----------------------------------------------------------------------------------------------- server
+
+
+class HFRolloutServer:
+    """The Ray actor verl's agent loop sends requests to (see the module docstring)."""
+
+    def __init__(self, config, model_config, replica_rank: int = 0):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from verl.utils.config import omega_conf_to_dataclass
+        from verl.workers.config import HFModelConfig
+
+        self.config = omega_conf_to_dataclass(config)
+        self.model_config = omega_conf_to_dataclass(model_config, dataclass_type=HFModelConfig)
+        self.replica_rank = replica_rank
+        self.threads = int(os.environ.get("MASPO_HF_ROLLOUT_THREADS") or torch.get_num_threads())
+        dtype = getattr(torch, _DTYPES.get(str(self.config.dtype).lower(), "float32"))
+        self.model = AutoModelForCausalLM.from_pretrained(
+            self.model_config.local_path, dtype=dtype, attn_implementation="sdpa",
+            trust_remote_code=self.model_config.trust_remote_code,
+        ).eval()
+
+        hf_config, tokenizer = self.model_config.hf_config, self.model_config.tokenizer
+        stop = set()
+        for source in (hf_config.eos_token_id, getattr(self.model_config.generation_config, "eos_token_id", None),
+                       getattr(tokenizer, "eos_token_id", None)):
+            stop.update(source if isinstance(source, (list, tuple)) else [source] if source is not None else [])
+        self.stop_ids = sorted(stop)
+        pad = hf_config.pad_token_id if hf_config.pad_token_id is not None else getattr(tokenizer, "pad_token_id", None)
+        self.pad_id = pad if pad is not None else self.stop_ids[0]
+        self.max_batch_size = max(1, int(self.config.max_num_seqs))
+        self.generator = torch.Generator().manual_seed(int(getattr(self.config, "seed", 0)) + replica_rank)
+        self.global_steps = 0
+        self.batch_sizes: list[int] = []
+        self.generated_tokens = 0
+        self.generate_seconds = 0.0
+        self._queue: list[_Request] = []
+        self._arrived: asyncio.Event | None = None
+        self._batcher: asyncio.Task | None = None
+        self._lock: asyncio.Lock | None = None
+        self._log(f"loaded {self.model_config.local_path} ({dtype}), stop ids {self.stop_ids}, "
+                  f"weights {weights_fingerprint(self.model)}")
+
+    def _log(self, message: str) -> None:
+        print(f"[hf_rollout] replica {self.replica_rank}: {message}", flush=True)
+
+    def _ensure_started(self) -> None:
+        if self._batcher is None:  # created lazily: the actor's event loop runs only after __init__
+            self._arrived, self._lock = asyncio.Event(), asyncio.Lock()
+            self._batcher = asyncio.get_running_loop().create_task(self._batch_loop())
+
+    def _max_tokens(self, prompt_len: int, sampling_params: dict) -> int:
+        budget = min(self.config.response_length,
+                     self.config.prompt_length + self.config.response_length - prompt_len)
+        if self.config.max_model_len:
+            budget = min(budget, self.config.max_model_len - prompt_len)
+        for key in ("max_tokens", "max_new_tokens"):
+            if sampling_params.get(key) is not None:
+                budget = min(budget, int(sampling_params[key]))
+        return max(0, budget)
+
+    async def generate(self, prompt_ids, sampling_params: dict[str, Any], request_id: str, image_data=None,
+                       video_data=None, **kwargs):
+        from verl.workers.rollout.replica import TokenOutput
+
+        if image_data or video_data or kwargs.get("audio_data"):
+            raise NotImplementedError("the hf rollout is text-only")
+        if sampling_params.get("repetition_penalty", 1.0) not in (None, 1.0):
+            raise NotImplementedError("the hf rollout has no repetition penalty")
+        self._ensure_started()
+        prompt_ids = [int(t) for t in prompt_ids]
+        request = _Request(
+            prompt_ids=prompt_ids,
+            max_tokens=self._max_tokens(len(prompt_ids), sampling_params),
+            temperature=float(sampling_params.get("temperature", 1.0)),
+            top_k=int(sampling_params.get("top_k", -1) or -1),
+            top_p=float(sampling_params.get("top_p", 1.0)),
+            future=asyncio.get_running_loop().create_future(),
+        )
+        self._queue.append(request)
+        self._arrived.set()
+        token_ids, log_probs = await request.future
+        stop_reason = "completed" if token_ids and token_ids[-1] in self.stop_ids else "length"
+        return TokenOutput(token_ids=token_ids, log_probs=log_probs, stop_reason=stop_reason, num_preempted=0,
+                           extra_fields={"global_steps": self.global_steps})
+
+    async def _batch_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+            opened = loop.time()
+            while len(self._queue) < self.max_batch_size and loop.time() - opened < BATCH_WINDOW_S:
+                seen = len(self._queue)
+                await asyncio.sleep(BATCH_GAP_S)
+                if len(self._queue) == seen:
+                    break
+            batch, self._queue = self._queue[: self.max_batch_size], self._queue[self.max_batch_size:]
+            async with self._lock:
+                try:
+                    results = await asyncio.to_thread(self._generate_batch, batch)
+                except Exception as error:  # noqa: BLE001 - every waiting request gets the error
+                    for request in batch:
+                        if not request.future.done():
+                            request.future.set_exception(error)
+                    continue
+            for request, result in zip(batch, results):
+                if not request.future.done():
+                    request.future.set_result(result)
+
+    def _generate_batch(self, batch: list[_Request]):
+        import torch
+
+        torch.set_num_threads(self.threads)  # per thread under OpenMP: set it in the thread that generates
+        start = time.perf_counter()
+        with torch.inference_mode():
+            results = sample_batch(self.model, batch, self.stop_ids, self.pad_id, self.generator)
+        elapsed = time.perf_counter() - start
+        n_tokens = sum(len(tokens) for tokens, _ in results)
+        self.batch_sizes.append(len(batch))
+        self.generated_tokens += n_tokens
+        self.generate_seconds += elapsed
+        self._log(f"batch of {len(batch)}: {n_tokens} tokens in {elapsed:.2f} s ({n_tokens / elapsed:.0f} tok/s), "
+                  f"weights of step {self.global_steps}")
+        return results
+
+    async def load_weights(self, named_tensors: dict) -> int:
+        """Copy a bucket of ``{hf_name: tensor}`` into the model; returns how many tensors were loaded."""
+        self._ensure_started()
+        async with self._lock:
+            result = self.model.load_state_dict(named_tensors, strict=False)
+        if result.unexpected_keys:
+            raise KeyError(f"weights the rollout model does not have: {result.unexpected_keys[:8]}")
+        return len(named_tensors)
+
+    async def set_global_steps(self, global_steps: int | None, n_tensors: int | None = None) -> None:
+        if global_steps is not None:  # None: a re-sync of the same weights version
+            self.global_steps = global_steps
+        self._log(f"weights {weights_fingerprint(self.model)} for step {global_steps} ({n_tensors} tensors)")
+
+    async def stats(self) -> dict:
+        return {"batch_sizes": list(self.batch_sizes), "generated_tokens": self.generated_tokens,
+                "generate_seconds": self.generate_seconds, "global_steps": self.global_steps}
+
+    # Lifecycle calls verl makes on every server: nothing to free or restore on CPU.
+    async def wake_up(self, *args, **kwargs):
+        return None
+
+    sleep = abort_all_requests = resume_generation = clear_kv_cache = wake_up
+    release_kv_cache = resume_kv_cache = start_profile = stop_profile = wake_up
+
+
+# ------------------------------------------------------------------------------------ replica and adapter
+
+
+class HFReplica(RolloutReplica):
+    """One ``HFRolloutServer`` actor per replica, pinned to the node of the replica's first worker."""
+
+    async def launch_servers(self):
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        if self.workers:
+            node_id = await self.workers[0].__ray_call__.remote(lambda worker: ray.get_runtime_context().get_node_id())
+        else:
+            node_id = ray.get_runtime_context().get_node_id()
+        name = server_name(self.replica_rank, self.name_suffix)
+        server = ray.remote(HFRolloutServer).options(
+            name=name,
+            num_cpus=0,  # generation and training take turns on the same cores
+            max_concurrency=self.max_concurrency,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
+        ).remote(config=self.config, model_config=self.model_config, replica_rank=self.replica_rank)
+        await server.stats.remote()  # returns once the model is loaded
+        self.servers = [server]
+        self._server_handle = server
+        self._server_address = f"{NAME}://{name}"  # a key for verl's load balancer, not an HTTP address
+
+
+class HFServerAdapter(BaseRollout):
+    """The rollout side of the hybrid actor worker: forwards weight updates to this replica's server."""
+
+    def __init__(self, config, model_config, device_mesh, replica_rank: int = -1):
+        super().__init__(config, model_config, device_mesh)
+        rank = int(os.environ.get("RANK", "0"))
+        world = (self.config.tensor_model_parallel_size * self.config.data_parallel_size
+                 * self.config.pipeline_model_parallel_size)
+        self.replica_rank = rank // world if replica_rank == -1 else replica_rank
+        self.is_leader = rank % world == 0
+        self._server = None
+
+    def _server_handle(self):
+        import ray
+
+        if self._server is None:
+            self._server = ray.get_actor(server_name(self.replica_rank))
+        return self._server
+
+    async def resume(self, tags: list[str]):
+        return None
+
+    async def release(self):
+        return None
+
+    async def update_weights(self, weights, global_steps: int | None = None, wire_format: str = "named_tensors",
+                             **kwargs):
+        """Send verl's ``(name, tensor)`` stream to the server in buckets; every rank must drain the stream."""
+        from verl.workers.rollout.utils import ensure_async_iterator
+
+        if wire_format != "named_tensors":
+            raise NotImplementedError(f"the hf rollout takes full named tensors, not {wire_format!r}")
+        if kwargs.get("peft_config") is not None:
+            raise NotImplementedError("the hf rollout does not take LoRA adapters (set model.lora.merge=True)")
+        bucket_limit = int(self.config.checkpoint_engine.update_weights_bucket_megabytes) << 20
+        bucket, bucket_bytes, sent = {}, 0, 0
+        async for name, tensor in ensure_async_iterator(weights):  # the engine gathers each full tensor
+            if not self.is_leader:
+                continue
+            bucket[name] = tensor = tensor.detach().to("cpu")
+            bucket_bytes += tensor.numel() * tensor.element_size()
+            if bucket_bytes >= bucket_limit:
+                sent += await self._server_handle().load_weights.remote(bucket)
+                bucket, bucket_bytes = {}, 0
+        if self.is_leader:
+            if bucket:
+                sent += await self._server_handle().load_weights.remote(bucket)
+            await self._server_handle().set_global_steps.remote(global_steps, sent)
