@@ -133,6 +133,7 @@ def run_command(
     name: Optional[str] = typer.Option(None, help="Trial name (default: from algorithm, hyperparameters, seed)."),
     out: Optional[Path] = typer.Option(None, help="Output directory (default: runs/<name>)."),
     model_path: Optional[Path] = typer.Option(None, help="Use this HF model directory instead of the warm start."),
+    lr: Optional[float] = typer.Option(None, help="Actor learning rate (default: the profile's)."),
 ) -> None:
     """Run ONE trial: verl's trainer as a Ray Job, with live progress and a summary at the end."""
     from orchestrator.runner import run_local_trial
@@ -149,23 +150,26 @@ def run_command(
 
             raise AlgorithmError(f"profile {profile!r} is not available yet; use --profile local")
         trial = trial_config(algorithm, values, seed=seed,
-                             profile={"steps": steps, "model_path": model_path})
+                             profile={"steps": steps, "model_path": model_path,
+                                      **({"lr": lr} if lr is not None else {})})
     name = name or trial.default_name()
     out_dir = out or Path("runs") / name
     raise typer.Exit(run_local_trial(trial, name, out_dir, console))
 
 
 @app.command("demo")
-def demo_command() -> None:
-    """What `make demo` runs: the algorithm table and the loss shapes (the local RLVR profile comes next)."""
-    algorithms_command(name=None, overrides=False)
-    probe_command(algorithm=["grpo", "clip_higher", "dac", "sapo", "sapo_unilateral", "maspo"], pi_old=0.5,
-                  advantage=1.0, hp=[])
-    probe_command(algorithm=["grpo", "dac", "sapo", "maspo"], pi_old=0.5, advantage=-1.0, hp=[])
-    console.print(
-        "[dim]Next: the local profile (`maspo run`), a real verl RLVR run on CPU, then "
-        "`maspo sweep alpha-beta` and `maspo compare --baselines all`.[/]"
-    )
+def demo_command(
+    algorithm: str = typer.Option("maspo", "--algorithm", "-a", help="One of `maspo algorithms`."),
+    steps: int = typer.Option(12, help="Training steps."),
+) -> None:
+    """What `make demo` runs: one real MASPO trial on the local profile (verl on CPU), live, then its results.
+
+    The first run builds and warm-starts the tiny model (cached afterwards under ~/.cache/maspo).
+    """
+    console.print(f"[bold]maspo demo[/]: one {algorithm} trial on the local profile: verl's own trainer on CPU, "
+                  "a tiny warm-started Qwen2, synthetic math with graded difficulty, W&B offline.")
+    run_command(algorithm=algorithm, alpha=None, beta=None, hp=[], profile="local", steps=steps, seed=0, name=None,
+                out=None, model_path=None, lr=None)
 
 
 def main() -> None:
