@@ -197,3 +197,12 @@ def test_advantage_reweighting_vectors(pi, adv, expected):
     loss, _ = compute("adv_reweight", old, log_prob, a, mask)
     loss.backward()
     assert log_prob.grad.item() == pytest.approx(-expected, abs=TOL)
+
+
+def test_maspo_gate_mean_is_one_when_nothing_is_gated():
+    """The first update of a step has rho == 1: no token is gated, and the metric must not read 0."""
+    old = torch.log(torch.full((2, 3), 0.5, dtype=torch.float64))
+    log_prob = old.clone().requires_grad_(True)
+    adv = torch.tensor([[1.0] * 3, [-1.0] * 3], dtype=torch.float64)
+    _, metrics = compute("maspo", old, log_prob, adv, torch.ones_like(adv, dtype=torch.bool))
+    assert metrics["actor/maspo/gated_frac"] == 0.0 and metrics["actor/maspo/gate_mean"] == 1.0

@@ -31,10 +31,12 @@ def importance_ratio(log_prob: torch.Tensor, old_log_prob: torch.Tensor) -> tupl
     return torch.exp(log_ratio), log_ratio
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the selected entries; 0 when nothing is selected (metrics must stay finite)."""
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, empty: float = 0.0) -> torch.Tensor:
+    """Mean over the selected entries; ``empty`` when nothing is selected (metrics must stay finite)."""
     mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+    count = mask.sum()
+    mean = (values * mask).sum() / count.clamp(min=1.0)
+    return torch.where(count > 0, mean, torch.as_tensor(empty, dtype=mean.dtype, device=mean.device))
 
 
 def clipped_surrogate(
@@ -133,7 +135,8 @@ def compute_policy_loss_maspo(
     pg_loss = _aggregate(pg_losses, response_mask, loss_agg_mode, config, rollout_is_weights)
     mask = response_mask.bool()
     return pg_loss, {
-        "actor/maspo/gate_mean": masked_mean(gate, gated & mask).item(),
+        # 1 (no attenuation) for a micro-batch without gated tokens, e.g. the first update where rho == 1
+        "actor/maspo/gate_mean": masked_mean(gate, gated & mask, empty=1.0).item(),
         "actor/maspo/gated_frac": masked_mean(gated.float(), mask).item(),
         "actor/maspo/sigma_pos": masked_mean(sigma_pos, (advantages > 0) & mask).item(),
         "actor/maspo/sigma_neg": masked_mean(sigma_neg, (advantages < 0) & mask).item(),
