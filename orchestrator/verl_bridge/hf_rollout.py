@@ -16,6 +16,13 @@ The server (``HFRolloutServer``):
   single batcher task collects them (it waits until no new request arrived for ``BATCH_GAP_S``, at most
   ``BATCH_WINDOW_S``, at most ``max_num_seqs`` requests) and generates the batch in one KV-cached sampling loop
   in a worker thread, so the event loop keeps queueing the next batch meanwhile;
+- sampling is deterministic whatever the batching: every request samples from its own ``torch.Generator``,
+  seeded (``request_seed``) from the run's seed (``rollout.seed``, or a ``seed`` in the sampling params), the
+  weight version, the replica, the prompt ids and the request's occurrence index: the k-th request with these
+  prompt ids since the weights last changed gets index k. Which batch a request lands in (timing) no longer
+  changes what it samples (up to the last bits of its log-probs: the batch's shape changes the matmuls). The
+  requests of one prompt are indistinguishable here, so when they arrive in another order the same samples go
+  to other sessions of the group: each prompt gets the same multiset of samples, not the same order;
 - the sampling loop: left-padded prompts, explicit position ids, per-request temperature / top-k / top-p /
   max_tokens (``temperature <= 0`` is greedy), stop at any eos/pad id of the model (the stop token is returned,
   as vLLM does), finished rows dropped from the batch and its KV cache. The log-prob returned per token is
@@ -80,10 +87,28 @@ class _Request:
     top_k: int
     top_p: float
     future: asyncio.Future = field(repr=False)
+    generator: Any = field(default=None, repr=False)  # this request's own torch.Generator (None: the batch's)
+
+
+def request_seed(seed: int, prompt_ids, index: int, version: int = 0, replica_rank: int = 0) -> int:
+    """A 63-bit seed from a stable key (independent of the process's hash salt, of timing and of batching)."""
+    key = repr((int(seed), int(version), int(replica_rank), int(index), tuple(int(t) for t in prompt_ids)))
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") >> 1
+
+
+def request_generator(seed: int, prompt_ids, index: int, version: int = 0, replica_rank: int = 0):
+    """The ``torch.Generator`` one request samples all its tokens from (see ``request_seed``)."""
+    import torch
+
+    return torch.Generator().manual_seed(request_seed(seed, prompt_ids, index, version, replica_rank))
 
 
 def sample_batch(model, requests: list[_Request], stop_ids: list[int], pad_id: int, generator=None):
-    """Generate every request in one KV-cached loop; returns ``[(token_ids, log_probs), ...]`` in order."""
+    """Generate every request in one KV-cached loop; returns ``[(token_ids, log_probs), ...]`` in order.
+
+    A request with its own ``generator`` draws every token from it alone, so its sample does not depend on the
+    other requests of the batch (up to the last bits of the logits); the others share ``generator`` (``None``:
+    torch's global generator), drawing in row order."""
     import torch
 
     device = next(model.parameters()).device
@@ -104,6 +129,7 @@ def sample_batch(model, requests: list[_Request], stop_ids: list[int], pad_id: i
     top_p = torch.tensor([r.top_p if r.top_p is not None else 1.0 for r in requests], dtype=torch.float32)
     max_tokens = torch.tensor([r.max_tokens for r in requests], dtype=torch.long)
     stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long)
+    generators = [r.generator if r.generator is not None else generator for r in requests]
 
     tokens: list[list[int]] = [[] for _ in requests]
     log_probs: list[list[float]] = [[] for _ in requests]
@@ -118,7 +144,7 @@ def sample_batch(model, requests: list[_Request], stop_ids: list[int], pad_id: i
     step = 0
     while True:
         scaled = logits.float().cpu() / temperature[rows, None]
-        chosen = _choose(scaled, greedy[rows], top_k[rows], top_p[rows], generator)
+        chosen = _choose(scaled, greedy[rows], top_k[rows], top_p[rows], [generators[i] for i in rows.tolist()])
         chosen_lp = torch.log_softmax(scaled, dim=-1).gather(1, chosen[:, None]).squeeze(1)
         for j, i in enumerate(rows.tolist()):
             tokens[i].append(int(chosen[j]))
@@ -139,23 +165,41 @@ def sample_batch(model, requests: list[_Request], stop_ids: list[int], pad_id: i
     return list(zip(tokens, log_probs))
 
 
-def _choose(scaled_logits, greedy, top_k, top_p, generator):
-    """One token per row: argmax for greedy rows, else a sample from the top-k / top-p filtered distribution."""
+def _choose(scaled_logits, greedy, top_k, top_p, generators):
+    """One token per row: argmax for greedy rows, else a sample from the row's top-k / top-p filtered distribution.
+
+    Each sampled row draws from its own generator (``generators[j]``; one generator or ``None`` for all rows),
+    and how a row is sampled depends on its own parameters only: rows without top-k / top-p sample from the full
+    softmax, the others from the sorted (stable), filtered one; greedy rows draw nothing."""
     import torch
 
-    vocab = scaled_logits.size(-1)
-    if bool(((top_k > 0) & (top_k < vocab)).any()) or bool((top_p < 1.0).any()):
-        sorted_logits, order = scaled_logits.sort(dim=-1, descending=True)
+    n, vocab = scaled_logits.shape
+    if not isinstance(generators, (list, tuple)):
+        generators = [generators] * n
+    chosen = scaled_logits.argmax(dim=-1)
+    sampled_rows = torch.nonzero(~greedy).flatten().tolist()
+    if not sampled_rows:
+        return chosen
+    filtered = ((top_k > 0) & (top_k < vocab)) | (top_p < 1.0)
+    probs = torch.softmax(scaled_logits, dim=-1)
+    order = {}
+    rows = torch.nonzero(filtered & ~greedy).flatten()
+    if rows.numel():
+        sorted_logits, sorted_order = scaled_logits[rows].sort(dim=-1, descending=True, stable=True)
         rank = torch.arange(vocab).expand_as(sorted_logits)
-        k = torch.where(top_k > 0, top_k.clamp(max=vocab), torch.full_like(top_k, vocab))
+        k = torch.where(top_k[rows] > 0, top_k[rows].clamp(max=vocab), torch.full_like(top_k[rows], vocab))
         sorted_logits = sorted_logits.masked_fill(rank >= k[:, None], float("-inf"))
-        probs = torch.softmax(sorted_logits, dim=-1)
-        mass_before = probs.cumsum(dim=-1) - probs  # keep a token while the mass before it is < top_p
-        probs = probs.masked_fill((mass_before >= top_p[:, None]) & (rank > 0), 0.0)
-        sampled = order.gather(1, torch.multinomial(probs, 1, generator=generator)).squeeze(1)
-    else:
-        sampled = torch.multinomial(torch.softmax(scaled_logits, dim=-1), 1, generator=generator).squeeze(1)
-    return torch.where(greedy, scaled_logits.argmax(dim=-1), sampled)
+        sorted_probs = torch.softmax(sorted_logits, dim=-1)
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # keep a token while the mass before it < top_p
+        sorted_probs = sorted_probs.masked_fill((mass_before >= top_p[rows, None]) & (rank > 0), 0.0)
+        order = {int(row): (sorted_probs[j], sorted_order[j]) for j, row in enumerate(rows.tolist())}
+    for j in sampled_rows:
+        if j in order:
+            row_probs, row_order = order[j]
+            chosen[j] = row_order[torch.multinomial(row_probs, 1, generator=generators[j])[0]]
+        else:
+            chosen[j] = torch.multinomial(probs[j], 1, generator=generators[j])[0]
+    return chosen
 
 
 def weights_fingerprint(model, samples_per_tensor: int = 4096) -> str:
@@ -200,8 +244,9 @@ class HFRolloutServer:
         pad = hf_config.pad_token_id if hf_config.pad_token_id is not None else getattr(tokenizer, "pad_token_id", None)
         self.pad_id = pad if pad is not None else self.stop_ids[0]
         self.max_batch_size = max(1, int(self.config.max_num_seqs))
-        self.generator = torch.Generator().manual_seed(int(getattr(self.config, "seed", 0)) + replica_rank)
+        self.seed = int(getattr(self.config, "seed", 0) or 0)  # actor_rollout_ref.rollout.seed
         self.global_steps = 0
+        self._occurrences: dict[tuple[int, ...], int] = {}  # prompt ids -> requests seen at this weight version
         self.batch_sizes: list[int] = []
         self.generated_tokens = 0
         self.generate_seconds = 0.0
@@ -240,6 +285,10 @@ class HFRolloutServer:
             raise NotImplementedError("the hf rollout has no repetition penalty")
         self._ensure_started()
         prompt_ids = [int(t) for t in prompt_ids]
+        key = tuple(prompt_ids)
+        index = self._occurrences.get(key, 0)
+        self._occurrences[key] = index + 1
+        seed = self.seed if sampling_params.get("seed") is None else int(sampling_params["seed"])
         request = _Request(
             prompt_ids=prompt_ids,
             max_tokens=self._max_tokens(len(prompt_ids), sampling_params),
@@ -247,6 +296,7 @@ class HFRolloutServer:
             top_k=int(sampling_params.get("top_k", -1) or -1),
             top_p=float(sampling_params.get("top_p", 1.0)),
             future=asyncio.get_running_loop().create_future(),
+            generator=request_generator(seed, prompt_ids, index, self.global_steps, self.replica_rank),
         )
         self._queue.append(request)
         self._arrived.set()
@@ -286,7 +336,7 @@ class HFRolloutServer:
         torch.set_num_threads(self.threads)  # per thread under OpenMP: set it in the thread that generates
         start = time.perf_counter()
         with torch.inference_mode():
-            results = sample_batch(self.model, batch, self.stop_ids, self.pad_id, self.generator)
+            results = sample_batch(self.model, batch, self.stop_ids, self.pad_id)
         elapsed = time.perf_counter() - start
         n_tokens = sum(len(tokens) for tokens, _ in results)
         self.batch_sizes.append(len(batch))
@@ -306,8 +356,9 @@ class HFRolloutServer:
         return len(named_tensors)
 
     async def set_global_steps(self, global_steps: int | None, n_tensors: int | None = None) -> None:
-        if global_steps is not None:  # None: a re-sync of the same weights version
+        if global_steps is not None and global_steps != self.global_steps:  # None: a re-sync of the same version
             self.global_steps = global_steps
+            self._occurrences.clear()  # occurrence indices count from 0 again for the new weights
         self._log(f"weights {weights_fingerprint(self.model)} for step {global_steps} ({n_tensors} tensors)")
 
     async def stats(self) -> dict:
