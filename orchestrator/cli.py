@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
@@ -17,7 +18,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-console = Console()
+# wide enough for the results tables when the output goes to a file or a CI log (Rich assumes 80 there)
+console = Console() if sys.stdout.isatty() else Console(width=160)
 err_console = Console(stderr=True, soft_wrap=True)
 
 
@@ -155,6 +157,198 @@ def run_command(
     name = name or trial.default_name()
     out_dir = out or Path("runs") / name
     raise typer.Exit(run_local_trial(trial, name, out_dir, console))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# sweeps and comparisons: one Ray Tune experiment per command
+
+PROFILE_HELP = "Where trials run: `local` (this machine, CPU, tiny model) or `a100` (a GPU cluster)."
+SCALE_HELP = "Model scale of the a100 profile: 1.5b, 7b or 14b (picks Table 4's hyperparameters)."
+
+
+def _launch(plan, *, dry_run: bool, address: Optional[str], root: Path, resume: bool = False) -> None:
+    from orchestrator.tune_runner import dry_run_lines, experiment_dir, load_plan, run_experiment, save_plan
+
+    exp_dir = experiment_dir(plan.name, root)
+    if dry_run:
+        _print_dry_run(plan, dry_run_lines(plan))
+        return
+    if resume:
+        with user_errors():
+            if not (exp_dir / "tune").exists():
+                from orchestrator.algorithms import AlgorithmError
+
+                raise AlgorithmError(f"nothing to resume: {exp_dir / 'tune'} does not exist")
+            plan = load_plan(exp_dir)
+    else:
+        with user_errors():
+            if (exp_dir / "tune").exists():
+                from orchestrator.algorithms import AlgorithmError
+
+                raise AlgorithmError(f"experiment {plan.name!r} exists at {exp_dir}; continue it with --resume "
+                                     f"(or `maspo resume {plan.name}`), or pick another --name")
+        save_plan(plan, exp_dir)
+    console.print(f"[bold]{plan.name}[/]: {len(plan.trials)} trial(s) of verl on the {plan.profile} profile, "
+                  f"at most {plan.max_concurrent} at a time, {plan.steps} steps each"
+                  f"{', resuming' if resume else ''}. Outputs: {exp_dir}")
+    code = run_experiment(plan, exp_dir, console, address=address, restore=resume)
+    _print_results(exp_dir)
+    raise typer.Exit(code)
+
+
+def _print_dry_run(plan, lines) -> None:
+    console.print(f"[bold]{plan.name}[/] (dry run: nothing starts): {len(plan.trials)} trial(s), profile "
+                  f"{plan.profile}, scale {plan.scale}, seeds {plan.seeds}, {plan.steps} steps, scheduler "
+                  f"{plan.scheduler}, at most {plan.max_concurrent} at a time")
+    for planned, command in lines:
+        t = planned.trial
+        console.print(f"\n[bold]{planned.name}[/]  ({planned.label}, seed {t.seed}; "
+                      f"{plan.slots_per_trial} slot(s))")
+        console.print("  hyperparameters: " + ", ".join(f"{k}={v}" for k, v in t.hyperparameters.items()),
+                      highlight=False)
+        console.print(f"  {command}", highlight=False, soft_wrap=True)
+
+
+def _print_results(exp_dir: Path, passk: bool = False) -> None:
+    from orchestrator.results import collect, passk_table, table, trials_table
+
+    results = collect(exp_dir)
+    console.print(table(results, paper=True))
+    console.print(trials_table(results))
+    if passk:
+        console.print(passk_table(results))
+
+
+def _experiment_options(spec, *, name, profile, scale, seeds, steps, max_concurrent, scheduler, demo, grid="listed",
+                        baselines="all", spec_file="", profile_set=()):
+    from orchestrator.experiment_spec import plan_experiment
+
+    settings = {k: (int(v) if isinstance(v, float) and v.is_integer() else v)
+                for k, v in parse_assignments(list(profile_set)).items()}
+    return plan_experiment(spec, name=name, profile=profile, scale=scale, seeds=seeds, steps=steps, grid=grid,
+                           baselines=baselines, demo=demo, max_concurrent=max_concurrent, scheduler=scheduler,
+                           spec_file=spec_file, profile_settings=settings)
+
+
+@app.command("sweep")
+def sweep_command(
+    spec: str = typer.Argument("alpha-beta", help="A spec in sweeps/ (e.g. alpha-beta) or a path to a YAML file."),
+    grid: str = typer.Option("listed", help="`listed`: the spec's points; `full`: every combination of their values."),
+    profile: str = typer.Option("local", help=PROFILE_HELP),
+    scale: Optional[str] = typer.Option(None, help=SCALE_HELP + " Default: the spec's (local: 1.5b)."),
+    seeds: int = typer.Option(1, help="Seeds per setting (0..N-1); results show mean and spread."),
+    steps: Optional[int] = typer.Option(None, help="Training steps per trial (default: the profile's)."),
+    max_concurrent: int = typer.Option(1, help="Trials at a time (never more than the free GPU slots)."),
+    scheduler: str = typer.Option("fifo", help="`fifo` runs every trial to the end; `asha` stops weak ones early."),
+    name: Optional[str] = typer.Option(None, help="Experiment name (default: the spec's name)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print every trial's verl command; start nothing."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted experiment of this name."),
+    demo: bool = typer.Option(False, "--demo", help="The spec's demo size (what `make demo` runs)."),
+    address: Optional[str] = typer.Option(None, help="Join an existing Ray cluster (host:port) instead."),
+    root: Path = typer.Option(Path("runs"), help="Where experiments live."),
+    profile_set: list[str] = typer.Option([], "--profile-set", "-P",
+                                          help="A profile setting NAME=VALUE, e.g. -P train_batch_size=8 (repeatable)."),
+) -> None:
+    """Sweep one algorithm's hyperparameters (default: MASPO's alpha-beta study, paper section 5.3, Table 5).
+
+    One Ray Tune experiment; each trial is a full verl training run submitted as a Ray Job. Ends with the
+    results table (also: `maspo results NAME`).
+    """
+    from orchestrator.experiment_spec import SweepSpec, load_spec, spec_path
+
+    with user_errors():
+        loaded = load_spec(spec)
+        if not isinstance(loaded, SweepSpec):
+            from orchestrator.algorithms import AlgorithmError
+
+            raise AlgorithmError(f"{spec_path(spec)} is a {loaded.kind} spec; use `maspo {loaded.kind}`")
+        _check_choice("--grid", grid, ("listed", "full"))
+        _check_choice("--scheduler", scheduler, ("fifo", "asha"))
+        plan = _experiment_options(loaded, name=name, profile=profile, scale=scale, seeds=seeds, steps=steps,
+                                   max_concurrent=max_concurrent, scheduler=scheduler, demo=demo, grid=grid,
+                                   spec_file=str(spec_path(spec)), profile_set=profile_set)
+    _launch(plan, dry_run=dry_run, address=address, root=root, resume=resume)
+
+
+@app.command("compare")
+def compare_command(
+    baselines: str = typer.Option("all", help="`all` or a comma list, e.g. grpo,sapo,dac (see `maspo algorithms`)."),
+    spec: str = typer.Option("compare", help="A spec in sweeps/ or a path to a YAML file."),
+    profile: str = typer.Option("local", help=PROFILE_HELP),
+    scale: Optional[str] = typer.Option(None, help=SCALE_HELP + " Default: 1.5b."),
+    seeds: int = typer.Option(1, help="Seeds per algorithm (0..N-1); results show mean and spread."),
+    steps: Optional[int] = typer.Option(None, help="Training steps per trial (default: the profile's)."),
+    max_concurrent: int = typer.Option(1, help="Trials at a time (never more than the free GPU slots)."),
+    scheduler: str = typer.Option("fifo", help="`fifo` or `asha` (early stopping on the mean validation Avg@k)."),
+    name: Optional[str] = typer.Option(None, help="Experiment name (default: compare)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print every trial's verl command; start nothing."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted experiment of this name."),
+    demo: bool = typer.Option(False, "--demo", help="The spec's demo size."),
+    address: Optional[str] = typer.Option(None, help="Join an existing Ray cluster (host:port) instead."),
+    root: Path = typer.Option(Path("runs"), help="Where experiments live."),
+    profile_set: list[str] = typer.Option([], "--profile-set", "-P",
+                                          help="A profile setting NAME=VALUE, e.g. -P test_freq=2 (repeatable)."),
+) -> None:
+    """MASPO against baselines with the paper's Table 4 hyperparameters, as one Ray Tune experiment."""
+    from orchestrator.experiment_spec import CompareSpec, load_spec, spec_path
+
+    with user_errors():
+        loaded = load_spec(spec)
+        if not isinstance(loaded, CompareSpec):
+            from orchestrator.algorithms import AlgorithmError
+
+            raise AlgorithmError(f"{spec_path(spec)} is a {loaded.kind} spec; use `maspo {loaded.kind}`")
+        _check_choice("--scheduler", scheduler, ("fifo", "asha"))
+        plan = _experiment_options(loaded, name=name, profile=profile, scale=scale, seeds=seeds, steps=steps,
+                                   max_concurrent=max_concurrent, scheduler=scheduler, demo=demo,
+                                   baselines=baselines, spec_file=str(spec_path(spec)), profile_set=profile_set)
+    _launch(plan, dry_run=dry_run, address=address, root=root, resume=resume)
+
+
+@app.command("resume")
+def resume_command(
+    name: str = typer.Argument(..., help="The experiment to continue (a directory under --root)."),
+    address: Optional[str] = typer.Option(None, help="Join an existing Ray cluster (host:port) instead."),
+    root: Path = typer.Option(Path("runs"), help="Where experiments live."),
+) -> None:
+    """Continue an interrupted sweep or comparison: only unfinished trials run, from their last checkpoint."""
+    from orchestrator.tune_runner import experiment_dir, load_plan
+
+    with user_errors():
+        plan = load_plan(experiment_dir(name, root))
+    _launch(plan, dry_run=False, address=address, root=root, resume=True)
+
+
+@app.command("results")
+def results_command(
+    name: str = typer.Argument(..., help="The experiment (a directory under --root)."),
+    passk: bool = typer.Option(False, "--passk", help="Also Pass@k against k per validation set (Table 7)."),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write the table as CSV here."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write rows and per-trial results as JSON here."),
+    root: Path = typer.Option(Path("runs"), help="Where experiments live."),
+) -> None:
+    """The experiment's final validation in the layout of the paper's Table 1, best in bold; trials' GPU-hours."""
+    from orchestrator.results import collect, to_csv, to_json
+    from orchestrator.tune_runner import experiment_dir, load_plan
+
+    exp_dir = experiment_dir(name, root)
+    with user_errors():
+        load_plan(exp_dir)
+    _print_results(exp_dir, passk=passk)
+    results = collect(exp_dir)
+    if csv_out:
+        csv_out.write_text(to_csv(results))
+        console.print(f"CSV: {csv_out}")
+    if json_out:
+        json_out.write_text(to_json(results))
+        console.print(f"JSON: {json_out}")
+
+
+def _check_choice(option: str, value: str, valid: tuple[str, ...]) -> None:
+    from orchestrator.algorithms import AlgorithmError
+
+    if value not in valid:
+        raise AlgorithmError(f"{option} must be one of {', '.join(valid)}, got {value!r}")
 
 
 @app.command("demo")

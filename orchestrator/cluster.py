@@ -10,6 +10,7 @@ TransferQueue ask for whole CPUs per actor). Token authentication is disabled fo
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -36,8 +37,10 @@ def free_ports(n: int) -> list[int]:
 class LocalRayCluster:
     """A private single-node Ray cluster; ``with LocalRayCluster() as ray: ray.job_client()``."""
 
-    def __init__(self, num_cpus: int = 16, num_gpus: int = 1, log_dir: Path | None = None, start_timeout: float = 180):
+    def __init__(self, num_cpus: int = 16, num_gpus: int = 1, log_dir: Path | None = None, start_timeout: float = 180,
+                 resources: dict[str, float] | None = None):
         self.num_cpus, self.num_gpus, self.start_timeout = num_cpus, num_gpus, start_timeout
+        self.resources = dict(resources or {})
         # unix socket paths must stay short: a short temp dir under /tmp
         self.temp_dir = Path(tempfile.mkdtemp(prefix="maspo-ray-", dir="/tmp"))
         self.log_path = (log_dir or self.temp_dir) / "ray-start.log"
@@ -65,6 +68,8 @@ class LocalRayCluster:
             f"--object-manager-port={self.object_manager_port}", f"--temp-dir={self.temp_dir}",
             f"--num-cpus={self.num_cpus}", f"--num-gpus={self.num_gpus}", "--disable-usage-stats",
         ]
+        if self.resources:
+            command.append(f"--resources={json.dumps(self.resources)}")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "w")
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env,

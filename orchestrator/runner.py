@@ -54,17 +54,23 @@ class TrialJob:
     overrides: list[str]
     env: dict[str, str]
     out_dir: Path
+    metrics_path: Path
 
-    @property
-    def metrics_path(self) -> Path:
-        return self.out_dir / "metrics.jsonl"
+    module: str = "verl.trainer.main_ppo"
 
     def entrypoint(self, python: str = sys.executable) -> str:
-        return " ".join([shlex.quote(python), "-m", "verl.trainer.main_ppo", *map(shlex.quote, self.overrides)])
+        return " ".join([shlex.quote(python), "-m", self.module, *map(shlex.quote, self.overrides)])
 
 
-def render_local_trial(trial: TrialConfig, assets: LocalAssets, out_dir: Path, name: str) -> TrialJob:
-    """verl overrides and job environment for a trial on the local profile."""
+def render_local_trial(trial: TrialConfig, assets: LocalAssets, out_dir: Path, name: str, *,
+                       metrics_path: Path | None = None, checkpoint_every: int | None = None) -> TrialJob:
+    """verl overrides and job environment for a trial on the local profile.
+
+    ``metrics_path`` is where verl's file logger writes (default ``<out_dir>/metrics.jsonl``; verl truncates it
+    at start, so a retried attempt gets a file of its own). ``checkpoint_every`` saves a checkpoint every that
+    many steps under ``<out_dir>/checkpoints`` and makes the run resume from the latest one (verl's
+    ``resume_mode=auto``); None keeps no checkpoints.
+    """
     from orchestrator.algorithms import get
     from orchestrator.verl_bridge.local_run import cpu_trainer_env, cpu_trainer_overrides
 
@@ -79,11 +85,17 @@ def render_local_trial(trial: TrialConfig, assets: LocalAssets, out_dir: Path, n
     overrides = [o for o in overrides if not o.lstrip("+").startswith("ray_kwargs.ray_init.")]
     overrides = [o if not o.startswith("trainer.logger=") else "trainer.logger=['console','file','wandb']"
                  for o in overrides]
+    if checkpoint_every:
+        overrides = [o for o in overrides if not o.startswith("trainer.save_freq=")]
+        overrides += [f"trainer.save_freq={checkpoint_every}", "trainer.resume_mode=auto",
+                      "trainer.max_actor_ckpt_to_keep=1"]
     overrides += get(trial.algorithm).verl_overrides(trial.params)
     env = {k: v for k, v in cpu_trainer_env(out_dir).items() if k != "RAY_ADDRESS"}
+    if metrics_path is not None:
+        env["VERL_FILE_LOGGER_PATH"] = str(metrics_path)
     env.update({"WANDB_MODE": "offline", "WANDB_DIR": str(out_dir), "WANDB_SILENT": "true",
                 "PYTHONUNBUFFERED": "1"})
-    return TrialJob(overrides, env, out_dir)
+    return TrialJob(overrides, env, out_dir, Path(env["VERL_FILE_LOGGER_PATH"]))
 
 
 @dataclass

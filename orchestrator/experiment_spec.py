@@ -1,0 +1,200 @@
+"""Sweep and comparison specs (``sweeps/*.yaml``), validated by pydantic and expanded into trials.
+
+A spec says WHAT to compare (algorithms and hyperparameters); the command line says WHERE and HOW MUCH
+(profile, scale, seeds, steps). :func:`load_spec` validates a file once, at the edge; every failure is a
+:class:`SpecError` naming the file, the field and the reason. :func:`expand` turns a spec plus the command's
+choices into the list of :class:`~orchestrator.specs.TrialConfig` the Tune experiment runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from orchestrator.algorithms import AlgorithmError, get
+
+SCALES = ("1.5b", "7b", "14b")
+SPEC_DIR = Path(__file__).resolve().parents[1] / "sweeps"
+Scale = Literal["1.5b", "7b", "14b"]
+
+
+class SpecError(AlgorithmError):
+    """A spec file that cannot be used; the message names the file, the field and the reason."""
+
+
+class DemoSize(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    points: list[dict[str, float]] | None = None
+    baselines: list[str] | None = None
+    steps: int | None = Field(None, ge=1)
+
+
+class SweepSpec(BaseModel):
+    """One algorithm over a set of hyperparameter points (``maspo sweep NAME``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["sweep"]
+    name: str
+    algorithm: str
+    scale: Scale = "7b"
+    fixed: dict[str, Any] = Field(default_factory=dict, description="hyperparameters shared by every point")
+    axes: list[str] = Field(min_length=1, description="the swept hyperparameters, in table order")
+    points: list[dict[str, float]] = Field(min_length=1)
+    demo: DemoSize = DemoSize()
+
+    @model_validator(mode="after")
+    def _check(self) -> SweepSpec:
+        algorithm = get(self.algorithm)
+        for i, point in enumerate(self.points + (self.demo.points or [])):
+            if set(point) != set(self.axes):
+                raise ValueError(f"point {i} {point} must set exactly the axes {self.axes}")
+            algorithm.parse({**self.fixed, **point})
+        if len({tuple(sorted(p.items())) for p in self.points}) != len(self.points):
+            raise ValueError("points repeat")
+        return self
+
+    def grid_points(self, grid: Literal["listed", "full"]) -> list[dict[str, float]]:
+        """The listed points, or the Cartesian product of every value listed per axis."""
+        if grid == "listed":
+            return list(self.points)
+        values = [sorted({p[a] for p in self.points}) for a in self.axes]
+        return [dict(zip(self.axes, combo)) for combo in itertools.product(*values)]
+
+
+class CompareSpec(BaseModel):
+    """A reference algorithm against baselines, with hyperparameters per scale (``maspo compare``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["compare"]
+    name: str
+    reference: str
+    hyperparameters: dict[Scale, dict[str, dict[str, Any]]]
+    demo: DemoSize = DemoSize()
+
+    @model_validator(mode="after")
+    def _check(self) -> CompareSpec:
+        for scale, table in self.hyperparameters.items():
+            if self.reference not in table:
+                raise ValueError(f"hyperparameters.{scale} has no entry for the reference {self.reference!r}")
+            for name, values in table.items():
+                get(name).parse(values)
+        return self
+
+    def baselines(self, scale: str) -> list[str]:
+        return [name for name in self.hyperparameters.get(scale, {}) if name != self.reference]
+
+    def select(self, baselines: str, scale: str) -> list[str]:
+        """``all`` or a comma list -> [reference, *baselines], checked against what the spec has at ``scale``."""
+        available = self.baselines(scale)
+        if not available and scale not in self.hyperparameters:
+            raise SpecError(f"the compare spec has no hyperparameters for scale {scale}; "
+                            f"it has: {', '.join(self.hyperparameters)}")
+        if baselines.strip() == "all":
+            return [self.reference, *available]
+        chosen = [b.strip() for b in baselines.split(",") if b.strip()]
+        if not chosen:
+            raise SpecError("--baselines is empty; give 'all' or a comma list such as grpo,sapo,dac")
+        for name in chosen:
+            if name not in available:
+                get(name)  # an unknown algorithm names every valid algorithm
+                raise SpecError(f"baseline {name!r} has no Table 4 hyperparameters at scale {scale} in the spec; "
+                                f"valid at {scale}: {', '.join(available)}")
+        return [self.reference, *dict.fromkeys(c for c in chosen if c != self.reference)]
+
+
+Spec = Annotated[Union[SweepSpec, CompareSpec], Field(discriminator="kind")]
+
+
+def spec_path(name_or_path: str | Path) -> Path:
+    """``alpha-beta`` -> ``sweeps/alpha-beta.yaml``; a path is taken as it is."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    return SPEC_DIR / f"{name_or_path}.yaml"
+
+
+def load_spec(name_or_path: str | Path) -> SweepSpec | CompareSpec:
+    path = spec_path(name_or_path)
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in SPEC_DIR.glob("*.yaml")))
+        raise SpecError(f"no spec {str(name_or_path)!r} ({path} does not exist); specs in {SPEC_DIR}: {known}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    try:
+        return TypeAdapter(Spec).validate_python(raw)
+    except ValidationError as err:
+        e = err.errors()[0]
+        field = ".".join(str(p) for p in e["loc"] if p not in ("sweep", "compare")) or "(top level)"
+        reason = str(e.get("ctx", {}).get("error", e["msg"])).replace("Value error, ", "")
+        more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+        raise SpecError(f"{path}: {field}: {reason}{more}") from None
+    except AlgorithmError as err:
+        raise SpecError(f"{path}: {err}") from None
+
+
+# --------------------------------------------------------------------------------------------------------
+# spec + command-line choices -> the experiment plan
+
+
+def _label(algorithm: str, point: dict[str, float] | None) -> str:
+    if point:
+        return " ".join(f"{k}={v:g}" for k, v in point.items())
+    return get(algorithm).title
+
+
+def plan_experiment(spec: SweepSpec | CompareSpec, *, name: str | None = None, profile: str = "local",
+                    scale: str | None = None, seeds: int = 1, steps: int | None = None,
+                    grid: Literal["listed", "full"] = "listed", baselines: str = "all", demo: bool = False,
+                    max_concurrent: int = 1, scheduler: Literal["fifo", "asha"] = "fifo", grace_validations: int = 3,
+                    max_failures: int = 2, profile_settings: dict[str, Any] | None = None, spec_file: str = ""):
+    """The experiment a command describes; every choice is validated here, before any cluster work."""
+    from orchestrator.specs import trial_config
+    from orchestrator.tune_runner import ExperimentPlan, PlannedTrial, trial_name
+
+    if profile not in ("local", "a100"):
+        raise SpecError(f"unknown profile {profile!r}; valid: local, a100")
+    if profile == "a100":
+        raise SpecError("the a100 profile is not available yet; use --profile local")
+    if seeds < 1:
+        raise SpecError(f"--seeds must be at least 1, got {seeds}")
+    if max_concurrent < 1:
+        raise SpecError(f"--max-concurrent must be at least 1, got {max_concurrent}")
+    if scale is not None and scale not in SCALES:
+        raise SpecError(f"unknown scale {scale!r}; valid: {', '.join(SCALES)}")
+    if demo:
+        steps = steps or spec.demo.steps
+    settings = dict(profile_settings or {})
+    if steps is not None:
+        settings["steps"] = steps
+
+    runs: list[tuple[str, dict[str, Any], dict[str, float] | None]] = []
+    if isinstance(spec, SweepSpec):
+        scale = scale or (spec.scale if profile == "a100" else "1.5b")
+        points = spec.demo.points if demo and spec.demo.points else spec.grid_points(grid)
+        runs = [(spec.algorithm, {**spec.fixed, **p}, p) for p in points]
+    else:
+        scale = scale or "1.5b"
+        if demo and spec.demo.baselines and baselines == "all":
+            baselines = ",".join(spec.demo.baselines)
+        table = spec.hyperparameters.get(scale, {})
+        runs = [(a, dict(table[a]), None) for a in spec.select(baselines, scale)]
+
+    trials = []
+    for seed in range(seeds):
+        for algorithm, values, point in runs:
+            trial = trial_config(algorithm, values, seed=seed, profile=settings)
+            trials.append(PlannedTrial(name=trial_name(trial), label=_label(algorithm, point), trial=trial))
+    return ExperimentPlan(
+        name=name or (f"{spec.name}-demo" if demo else spec.name), kind=spec.kind, spec=spec_file or spec.name,
+        profile=profile, scale=scale, seeds=list(range(seeds)), steps=trials[0].trial.profile.steps,
+        scheduler=scheduler, grace_validations=grace_validations, max_concurrent=max_concurrent,
+        max_failures=max_failures, trials=trials)

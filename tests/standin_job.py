@@ -1,0 +1,56 @@
+"""A stand-in for verl's ``main_ppo`` in orchestration tests: it takes GPUs the way verl does and logs like verl.
+
+verl builds its own STRICT_PACK placement group of ``{"GPU": 1}`` bundles and waits for it with no timeout;
+this stand-in does the same with a timeout, so a trial that started while its GPUs were taken fails
+(exit 3) instead of hanging. It writes verl's JSONL records (``{"step": s, "data": {...}}``) to
+``$VERL_FILE_LOGGER_PATH`` and a ledger (node, start and end times) beside them for the test to check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def render(planned, plan, trial_dir: Path, attempt_dir: Path):
+    """The renderer the trial controller calls instead of verl's (``renderer="tests.standin_job:render"``)."""
+    from orchestrator.runner import TrialJob
+
+    gpus = plan.slots_per_trial * 8
+    env = {"VERL_FILE_LOGGER_PATH": str(attempt_dir / "metrics.jsonl"), "STANDIN_GPUS": str(gpus),
+           "STANDIN_STEPS": str(planned.trial.profile.steps), "STANDIN_LEDGER": str(attempt_dir / "ledger.json"),
+           "STANDIN_SECONDS": os.environ.get("STANDIN_SECONDS", "2"), "PYTHONPATH": str(Path(__file__).parents[1])}
+    return TrialJob([], env, trial_dir, attempt_dir / "metrics.jsonl", module="tests.standin_job")
+
+
+def main() -> int:
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    ray.init()
+    gpus, steps = int(os.environ["STANDIN_GPUS"]), int(os.environ["STANDIN_STEPS"])
+    pg = placement_group([{"GPU": 1}] * gpus, strategy="STRICT_PACK")
+    if not pg.wait(timeout_seconds=30):
+        print("GPUs were not free: the orchestrator oversubscribed them", file=sys.stderr)
+        return 3
+    start = time.time()
+    node = ray.util.placement_group_table(pg)["bundles_to_node_id"][0]
+    with open(os.environ["VERL_FILE_LOGGER_PATH"], "w") as log:
+        for step in range(steps + 1):
+            data = {"val-core/local_math500/acc/mean@4": 0.1 * step, "val-core/local_math500/acc/pass@4": 0.2 * step,
+                    "val-core/average/acc/mean@4": 0.1 * step, "val-core/average/acc/pass@4": 0.2 * step}
+            if step:
+                data["actor/entropy"] = 1.0 / step
+            log.write(json.dumps({"step": step, "data": data}) + "\n")
+            log.flush()
+            time.sleep(float(os.environ["STANDIN_SECONDS"]) / (steps + 1))
+    Path(os.environ["STANDIN_LEDGER"]).write_text(json.dumps({"node": node, "start": start, "end": time.time()}))
+    remove_placement_group(pg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

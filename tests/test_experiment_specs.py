@@ -1,0 +1,151 @@
+"""Sweep/compare specs, the experiment plan, the metric stream across retries, results tables: no Ray, fast."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from orchestrator.experiment_spec import CompareSpec, SpecError, SweepSpec, load_spec, plan_experiment
+from orchestrator.tune_runner import MetricStream, save_plan, tune_metrics
+
+runner = CliRunner()
+
+
+def test_alpha_beta_spec_is_the_papers_study():
+    spec = load_spec("alpha-beta")
+    assert isinstance(spec, SweepSpec) and spec.algorithm == "maspo" and spec.fixed == {"sigma_base": 1.0}
+    pairs = {(p["alpha"], p["beta"]) for p in spec.points}
+    # section 5.3's six pairs and Table 5's two more
+    assert pairs == {(0.1, 0.03), (0.3, 0.0), (0.3, 0.03), (0.3, 0.1), (0.5, 0.03), (0.8, 0.03), (0.5, 0.0), (0.5, 0.1)}
+    full = spec.grid_points("full")
+    assert len(full) == 12 and {(p["alpha"], p["beta"]) for p in full} >= pairs
+
+
+def test_compare_spec_is_table_4():
+    spec = load_spec("compare")
+    assert isinstance(spec, CompareSpec)
+    assert spec.hyperparameters["1.5b"]["maspo"]["alpha"] == 0.5
+    assert spec.hyperparameters["7b"]["maspo"]["alpha"] == 0.3
+    assert spec.hyperparameters["1.5b"]["clip_higher"]["eps_high"] == 0.265
+    assert set(spec.baselines("1.5b")) == {"grpo", "clip_higher", "dac", "bapo", "sapo", "entropy_reg", "entropy_adv",
+                                           "adv_reweight"}
+    assert spec.select("grpo, sapo,dac", "1.5b") == ["maspo", "grpo", "sapo", "dac"]
+    assert spec.select("all", "14b") == ["maspo", "grpo"]
+
+
+def test_plan_resolves_every_trial_with_seeds():
+    plan = plan_experiment(load_spec("alpha-beta"), seeds=3, steps=4, grid="listed")
+    assert len(plan.trials) == 8 * 3 and plan.seeds == [0, 1, 2]
+    assert len({t.name for t in plan.trials}) == 24  # unique directories
+    t = plan.trials[0].trial
+    assert t.hyperparameters["beta_low"] == t.hyperparameters["beta_high"] and t.profile.steps == 4
+    assert plan.validations == 1 + 1  # before training, and step 4 (test_freq 4)
+
+
+@pytest.mark.parametrize("edit, field, reason", [
+    (lambda s: s.replace("algorithm: maspo", "algorithm: maspoo"), "algorithm", "unknown algorithm 'maspoo'"),
+    (lambda s: s.replace("{alpha: 0.1, beta: 0.03}", "{alpha: 0.1, beta: -1}"), "", "beta_low"),
+    (lambda s: s.replace("{alpha: 0.1, beta: 0.03}", "{alpha: 0.1}"), "", "must set exactly the axes"),
+    (lambda s: s.replace("kind: sweep", "kind: sweep\nbogus: 1"), "bogus", "Extra inputs are not permitted"),
+])
+def test_invalid_sweep_spec_names_file_field_and_reason(tmp_path, edit, field, reason):
+    text = (Path(__file__).parents[1] / "sweeps" / "alpha-beta.yaml").read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(edit(text))
+    result = runner.invoke(app, ["sweep", str(bad), "--dry-run"])
+    assert result.exit_code == 2, result.output
+    assert str(bad) in result.output and field in result.output and reason in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unknown_baseline_lists_the_valid_ones():
+    result = runner.invoke(app, ["compare", "--baselines", "grpo,ppo2", "--dry-run"])
+    assert result.exit_code == 2
+    assert "unknown algorithm 'ppo2'" in result.output and "clip_higher" in result.output
+    result = runner.invoke(app, ["compare", "--baselines", "sapo", "--scale", "14b", "--dry-run"])
+    assert result.exit_code == 2 and "valid at 14b: grpo" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sweep", "--seeds", "0", "--dry-run"], "--seeds must be at least 1"),
+    (["sweep", "--scheduler", "hyperband", "--dry-run"], "--scheduler must be one of fifo, asha"),
+    (["sweep", "--grid", "half", "--dry-run"], "--grid must be one of listed, full"),
+    (["sweep", "nosuchspec", "--dry-run"], "no spec 'nosuchspec'"),
+    (["sweep", "compare", "--dry-run"], "is a compare spec; use `maspo compare`"),
+    (["compare", "-P", "train_batch_size=6", "--dry-run"], "must be a multiple of ppo_mini_batch_size"),
+    (["compare", "-P", "bogus=1", "--dry-run"], "profile.bogus"),
+    (["results", "no-such-experiment"], "no experiment at"),
+    (["resume", "no-such-experiment"], "no experiment at"),
+])
+def test_bad_command_input_is_one_line_and_exit_2(args, message, tmp_path):
+    result = runner.invoke(app, [*args, *(["--root", str(tmp_path)] if args[0] in ("results", "resume") else [])])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_dry_run_prints_each_trials_verl_command_and_table_4_values(tmp_path):
+    result = runner.invoke(app, ["compare", "--baselines", "all", "--dry-run", "--root", str(tmp_path)],
+                           terminal_width=400)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("python -m verl.trainer.main_ppo") == 9
+    assert "actor_rollout_ref.actor.clip_ratio_high=0.265" in result.output  # Clip Higher
+    assert "+actor_rollout_ref.actor.policy_loss.maspo_alpha=0.5" in result.output
+    assert "actor_rollout_ref.actor.tau_neg=1.05" in result.output  # SAPO
+    assert "actor_rollout_ref.actor.entropy_coeff=0.01" in result.output
+    assert "trainer.resume_mode=auto" in result.output
+    assert not any(tmp_path.iterdir())  # nothing written, nothing started
+
+
+def test_metric_stream_keeps_every_step_once_across_a_retry(tmp_path):
+    stream = MetricStream(tmp_path / "metrics.jsonl")
+    for step in range(0, 4):  # attempt 1 logs steps 0..3, checkpointed at 2, then dies
+        assert stream.accept({"step": step, "data": {"x": step, **({"val-core/a/acc/mean@4": 0.5} if step == 2 else {})}})
+    stream = MetricStream(tmp_path / "metrics.jsonl")  # the retry's controller
+    stream.truncate_after(2)
+    assert stream.steps() == {0, 1, 2}
+    # verl validates again at the resumed step: a duplicate, not a new step
+    assert not stream.accept({"step": 2, "data": {"val-core/a/acc/mean@4": 0.5}})
+    for step in (3, 4):
+        assert stream.accept({"step": step, "data": {"x": 10 * step}})
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [0, 1, 2, 3, 4]
+    assert lines[3]["data"]["x"] == 30  # the re-run's step 3 replaced the lost attempt's
+    metrics = tune_metrics(lines)
+    assert metrics["global_step"] == 4 and metrics["validations"] == 1
+
+
+def test_results_table_from_trial_files(tmp_path):
+    from orchestrator.results import collect, to_csv, to_json
+
+    plan = plan_experiment(load_spec("compare"), baselines="grpo", seeds=2, name="r")
+    exp_dir = tmp_path / "r"
+    save_plan(plan, exp_dir)
+    values = {("maspo", 0): 0.50, ("maspo", 1): 0.60, ("grpo", 0): 0.40, ("grpo", 1): 0.45}
+    for planned in plan.trials:
+        d = exp_dir / "trials" / planned.name
+        d.mkdir(parents=True)
+        v = values[(planned.trial.algorithm, planned.trial.seed)]
+        record = {"step": 12, "data": {"val-core/local_aime24/acc/mean@8": v, "val-core/local_aime24/acc/pass@8": v + .2,
+                                       "val-aux/local_aime24/acc/pass@2": v + .1,
+                                       "val-core/average/acc/mean@8": v, "val-core/average/acc/pass@8": v + .2}}
+        (d / "metrics.jsonl").write_text(json.dumps({"step": 0, "data": {"val-core/average/acc/mean@8": 0.1}}) + "\n"
+                                         + json.dumps(record) + "\n")
+        (d / "status.json").write_text(json.dumps({"state": "succeeded", "gpus": 1, "attempts": [
+            {"started": 100.0, "ended": 460.0}]}))
+    results = collect(exp_dir)
+    assert [r.label for r in results.rows] == ["MASPO", "GRPO"] and results.k == 8
+    mean, std = results.rows[0].cell("aime24/avg")
+    assert mean == pytest.approx(0.55) and std == pytest.approx(0.0707, abs=1e-3)
+    assert results.best()["average/avg"] == "MASPO"
+    assert results.trials[0].gpu_hours == pytest.approx(0.1)
+    assert "aime24_avg" in to_csv(results).splitlines()[0]
+    assert json.loads(to_json(results))["total_gpu_hours"] == pytest.approx(0.4)
+    result = runner.invoke(app, ["results", "r", "--root", str(tmp_path), "--passk", "--csv", str(tmp_path / "t.csv")],
+                           terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "55.0 ± 7.1" in result.output and "AIME24" in result.output and "k=2" in result.output
+    assert (tmp_path / "t.csv").exists()
