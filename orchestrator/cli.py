@@ -197,16 +197,29 @@ def _launch(plan, *, dry_run: bool, address: Optional[str], root: Path, resume: 
 
 
 def _print_dry_run(plan, lines) -> None:
+    from orchestrator.scales import gpu_hours, gpus_of
+
     console.print(f"[bold]{plan.name}[/] (dry run: nothing starts): {len(plan.trials)} trial(s), profile "
                   f"{plan.profile}, scale {plan.scale}, seeds {plan.seeds}, {plan.steps} steps, scheduler "
                   f"{plan.scheduler}, at most {plan.max_concurrent} at a time")
+    total = 0.0
     for planned, command in lines:
         t = planned.trial
-        console.print(f"\n[bold]{planned.name}[/]  ({planned.label}, seed {t.seed}; "
-                      f"{plan.slots_per_trial} slot(s))")
+        gpus = gpus_of(t.profile)
+        cost = ""
+        if t.profile.name == "a100":
+            hours = gpu_hours(t.profile)
+            total += hours
+            cost = (f", est. {hours:,.0f} A100-hours ({t.profile.steps} steps x "
+                    f"{t.profile.preset.seconds_per_step:g} s/step assumed)")
+        console.print(f"\n[bold]{planned.name}[/]  ({planned.label}, seed {t.seed}; {gpus} GPU(s), "
+                      f"{plan.slots_per_trial} slot(s){cost})")
         console.print("  hyperparameters: " + ", ".join(f"{k}={v}" for k, v in t.hyperparameters.items()),
                       highlight=False)
         console.print(f"  {command}", highlight=False, soft_wrap=True)
+    if total:
+        console.print(f"\n[bold]total[/]: {len(plan.trials)} trials x {gpus_of(plan.trials[0].trial.profile)} GPUs, "
+                      f"est. {total:,.0f} A100-hours (seconds per step are assumptions; see README)")
 
 
 def _print_results(exp_dir: Path, passk: bool = False) -> None:
@@ -244,7 +257,8 @@ def sweep_command(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print every trial's verl command; start nothing."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted experiment of this name."),
     demo: bool = typer.Option(False, "--demo", help="The spec's demo size (what `make demo` runs)."),
-    address: Optional[str] = typer.Option(None, help="Join an existing Ray cluster (host:port) instead."),
+    address: Optional[str] = typer.Option(None, help="Join an existing Ray cluster (host:port, or auto on its head)."),
+    cluster: Optional[Path] = typer.Option(None, help="A Ray cluster YAML (cluster/); validated, then its head joined."),
     root: Path = typer.Option(Path("runs"), help="Where experiments live."),
     profile_set: list[str] = typer.Option([], "--profile-set", "-P",
                                           help="A profile setting NAME=VALUE, e.g. -P train_batch_size=8 (repeatable)."),
@@ -267,7 +281,7 @@ def sweep_command(
         plan = _experiment_options(loaded, name=name, profile=profile, scale=scale, seeds=seeds, steps=steps,
                                    max_concurrent=max_concurrent, scheduler=scheduler, demo=demo, grid=grid,
                                    spec_file=str(spec_path(spec)), profile_set=profile_set)
-    _launch(plan, dry_run=dry_run, address=address, root=root, resume=resume)
+    _launch(plan, dry_run=dry_run, address=_cluster_address(cluster, address, dry_run), root=root, resume=resume)
 
 
 @app.command("compare")
@@ -284,7 +298,8 @@ def compare_command(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print every trial's verl command; start nothing."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted experiment of this name."),
     demo: bool = typer.Option(False, "--demo", help="The spec's demo size."),
-    address: Optional[str] = typer.Option(None, help="Join an existing Ray cluster (host:port) instead."),
+    address: Optional[str] = typer.Option(None, help="Join an existing Ray cluster (host:port, or auto on its head)."),
+    cluster: Optional[Path] = typer.Option(None, help="A Ray cluster YAML (cluster/); validated, then its head joined."),
     root: Path = typer.Option(Path("runs"), help="Where experiments live."),
     profile_set: list[str] = typer.Option([], "--profile-set", "-P",
                                           help="A profile setting NAME=VALUE, e.g. -P test_freq=2 (repeatable)."),
@@ -302,7 +317,7 @@ def compare_command(
         plan = _experiment_options(loaded, name=name, profile=profile, scale=scale, seeds=seeds, steps=steps,
                                    max_concurrent=max_concurrent, scheduler=scheduler, demo=demo,
                                    baselines=baselines, spec_file=str(spec_path(spec)), profile_set=profile_set)
-    _launch(plan, dry_run=dry_run, address=address, root=root, resume=resume)
+    _launch(plan, dry_run=dry_run, address=_cluster_address(cluster, address, dry_run), root=root, resume=resume)
 
 
 @app.command("resume")
@@ -344,6 +359,32 @@ def results_command(
         console.print(f"JSON: {json_out}")
 
 
+def _cluster_address(cluster: Optional[Path], address: Optional[str], dry_run: bool) -> Optional[str]:
+    """``--cluster FILE``: Ray's own validation first (exit 2 on a broken file), then the head's address."""
+    if cluster is None:
+        return address
+    import subprocess
+
+    from orchestrator.algorithms import AlgorithmError
+    from orchestrator.cluster_cli import ray_executable
+    from orchestrator.cluster_config import ClusterConfigError, validate_cluster_yaml
+
+    with user_errors():
+        if address is not None:
+            raise AlgorithmError("give --cluster or --address, not both")
+        try:
+            validate_cluster_yaml(cluster)
+        except ClusterConfigError as err:
+            raise AlgorithmError(str(err)) from None
+        if dry_run:
+            return None
+        found = subprocess.run([ray_executable(), "get-head-ip", str(cluster)], capture_output=True, text=True)
+        head = found.stdout.strip().splitlines()[-1] if found.returncode == 0 and found.stdout.strip() else ""
+        if not head:
+            raise AlgorithmError(f"{cluster}: no running head node (start it with `maspo cluster up {cluster}`)")
+    return f"{head}:6379"
+
+
 def _check_choice(option: str, value: str, valid: tuple[str, ...]) -> None:
     from orchestrator.algorithms import AlgorithmError
 
@@ -364,6 +405,16 @@ def demo_command(
                   "a tiny warm-started Qwen2, synthetic math with graded difficulty, W&B offline.")
     run_command(algorithm=algorithm, alpha=None, beta=None, hp=[], profile="local", steps=steps, seed=0, name=None,
                 out=None, model_path=None, lr=None)
+
+
+def _mount_subcommands() -> None:
+    from orchestrator.cluster_cli import cluster_app, data_app
+
+    app.add_typer(cluster_app, name="cluster")
+    app.add_typer(data_app, name="data")
+
+
+_mount_subcommands()
 
 
 def main() -> None:

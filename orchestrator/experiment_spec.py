@@ -162,8 +162,6 @@ def plan_experiment(spec: SweepSpec | CompareSpec, *, name: str | None = None, p
 
     if profile not in ("local", "a100"):
         raise SpecError(f"unknown profile {profile!r}; valid: local, a100")
-    if profile == "a100":
-        raise SpecError("the a100 profile is not available yet; use --profile local")
     if seeds < 1:
         raise SpecError(f"--seeds must be at least 1, got {seeds}")
     if max_concurrent < 1:
@@ -188,6 +186,8 @@ def plan_experiment(spec: SweepSpec | CompareSpec, *, name: str | None = None, p
         table = spec.hyperparameters.get(scale, {})
         runs = [(a, dict(table[a]), None) for a in spec.select(baselines, scale)]
 
+    if profile == "a100":
+        settings = {"name": "a100", "scale": scale, **settings}
     trials = []
     for seed in range(seeds):
         for algorithm, values, point in runs:
@@ -197,4 +197,4 @@ def plan_experiment(spec: SweepSpec | CompareSpec, *, name: str | None = None, p
         name=name or (f"{spec.name}-demo" if demo else spec.name), kind=spec.kind, spec=spec_file or spec.name,
         profile=profile, scale=scale, seeds=list(range(seeds)), steps=trials[0].trial.profile.steps,
         scheduler=scheduler, grace_validations=grace_validations, max_concurrent=max_concurrent,
-        max_failures=max_failures, trials=trials)
+        max_failures=max_failures, slots_per_trial=getattr(trials[0].trial.profile, "slots", 1), trials=trials)

@@ -6,11 +6,12 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from orchestrator.algorithms import AlgorithmError, get
+from orchestrator.scales import A100Profile
 
 
 class LocalProfile(BaseModel):
@@ -48,7 +49,16 @@ class TrialConfig(BaseModel):
     algorithm: str
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     seed: int = Field(0, ge=0)
-    profile: LocalProfile = Field(default_factory=LocalProfile)
+    profile: Annotated[Union[LocalProfile, A100Profile], Field(discriminator="name")] = Field(
+        default_factory=LocalProfile)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _local_by_default(cls, data: Any) -> Any:
+        # a profile given as settings without a name is the local one
+        if isinstance(data, dict) and isinstance(data.get("profile"), dict) and "name" not in data["profile"]:
+            data = {**data, "profile": {"name": "local", **data["profile"]}}
+        return data
 
     @field_validator("algorithm")
     @classmethod
@@ -69,7 +79,9 @@ class TrialConfig(BaseModel):
 
     def stable_hash(self) -> str:
         """A hash of everything that determines the run (names a trial's checkpoints and W&B run)."""
-        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        # where data and checkpoints live is not part of what runs: moving storage must not break a resume
+        payload = json.dumps(self.model_dump(mode="json", exclude={"profile": {"data_dir", "checkpoint_root"}}),
+                             sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:10]
 
     def default_name(self) -> str:
@@ -91,6 +103,6 @@ def trial_config(algorithm: str, hyperparameters: dict[str, Any] | None = None, 
             if isinstance(e.get("ctx", {}).get("error"), AlgorithmError):
                 messages.append(text)
             else:
-                field = ".".join(str(p) for p in e["loc"])
+                field = ".".join(str(p) for p in e["loc"] if p not in ("local", "a100"))  # union tags
                 messages.append(f"{field}: {text}".replace("Value error, ", ""))
         raise AlgorithmError("; ".join(messages)) from None

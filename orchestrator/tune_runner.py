@@ -81,6 +81,12 @@ class ExperimentPlan(BaseModel):
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     @property
+    def gpus_per_trial(self) -> int:
+        from orchestrator.scales import gpus_of
+
+        return gpus_of(self.trials[0].trial.profile)
+
+    @property
     def validations(self) -> int:
         """Validation points of a full trial: before training, every test_freq steps, and the last step."""
         p = self.trials[0].trial.profile
@@ -199,14 +205,31 @@ class TrialJobFailed(RuntimeError):
 
 def render_job(planned: PlannedTrial, plan: ExperimentPlan, trial_dir: Path, attempt_dir: Path):
     """The verl command of one attempt, for the trial's profile."""
-    from orchestrator.runner import prepare_local_assets, render_local_trial
+    from orchestrator.runner import TrialJob, prepare_local_assets, render_local_trial
 
     trial = planned.trial
-    assets = prepare_local_assets(trial.profile, trial.seed)
-    job = render_local_trial(trial, assets, trial_dir, planned.name, metrics_path=attempt_dir / "metrics.jsonl",
-                             checkpoint_every=trial.profile.test_freq)
+    metrics_path = attempt_dir / "metrics.jsonl"
+    if trial.profile.name == "a100":
+        from orchestrator.scales import a100_job_env, render_a100_overrides
+
+        overrides = render_a100_overrides(trial.algorithm, trial.params, trial.seed, trial.profile,
+                                          experiment_name=planned.name, trial_hash=trial.stable_hash())
+        job = TrialJob(overrides, a100_job_env(metrics_path), trial_dir, metrics_path)
+    else:
+        assets = prepare_local_assets(trial.profile, trial.seed)
+        job = render_local_trial(trial, assets, trial_dir, planned.name, metrics_path=metrics_path,
+                                 checkpoint_every=trial.profile.test_freq)
     job.env.update({"WANDB_RUN_GROUP": plan.name, "WANDB_JOB_TYPE": trial.algorithm})
     return job
+
+
+def trial_checkpoint_dir(planned: PlannedTrial, trial_dir: Path) -> Path:
+    """Where the trial's verl checkpoints are (``resume_mode=auto`` resumes from there)."""
+    if planned.trial.profile.name == "a100":
+        from orchestrator.scales import checkpoint_dir
+
+        return checkpoint_dir(planned.trial.profile, planned.trial.stable_hash())
+    return trial_dir / "checkpoints"
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -232,7 +255,7 @@ def trial_controller(config: dict) -> None:
     attempt_dir = trial_dir / "attempts" / str(attempt)
     attempt_dir.mkdir(parents=True, exist_ok=True)
 
-    resumed_from = checkpoint_step(trial_dir / "checkpoints")
+    resumed_from = checkpoint_step(trial_checkpoint_dir(planned, trial_dir))
     stream = MetricStream(trial_dir / "metrics.jsonl")
     stream.truncate_after(resumed_from)
 
@@ -252,7 +275,7 @@ def trial_controller(config: dict) -> None:
     started = time.time()
     status["attempts"].append({"attempt": attempt, "submission_id": submission_id, "started": started,
                                "resumed_from_step": resumed_from, "ended": None, "job_status": "PENDING"})
-    status.update(state="running", gpus=plan.slots_per_trial * _gpus_per_slot(plan))
+    status.update(state="running", gpus=plan.gpus_per_trial)
     _write_json(status_path, status)
     client.submit_job(entrypoint=entrypoint, submission_id=submission_id,
                       runtime_env={"env_vars": job.env},
@@ -313,10 +336,6 @@ def _dashboard_url() -> str:
         raise RuntimeError("this Ray cluster has no dashboard, so no job API: start it with --include-dashboard")
     url = url.decode()
     return url if url.startswith("http") else f"http://{url}"
-
-
-def _gpus_per_slot(plan: ExperimentPlan) -> int:
-    return 1 if plan.profile == "local" else 8
 
 
 def _stop_leftover_jobs(client, experiment: str, trial: str) -> None:
@@ -396,6 +415,8 @@ def run_experiment(plan: ExperimentPlan, exp_dir: Path, console, *, address: str
                                   resources={SLOT_RESOURCE: slots})
     else:
         cluster = None
+    if plan.profile == "a100":
+        _check_a100_ready(plan, address)
     if renderer is None:
         _prepare_shared_assets(plan, console)
     try:
@@ -420,6 +441,20 @@ def run_experiment(plan: ExperimentPlan, exp_dir: Path, console, *, address: str
             ray.shutdown()
         if cluster is not None:
             cluster.stop()
+
+
+def _check_a100_ready(plan: ExperimentPlan, address: str | None) -> None:
+    """A cluster run needs a cluster and the prepared data; say so before anything starts."""
+    from orchestrator.algorithms import AlgorithmError
+    from orchestrator.scales import missing_data_files
+
+    if address is None:
+        raise AlgorithmError("the a100 profile runs on a Ray cluster: give --address HOST:PORT (or 'auto' on the "
+                             "head node) or --cluster cluster/<file>.yaml")
+    missing = missing_data_files(plan.trials[0].trial.profile)
+    if missing:
+        raise AlgorithmError(f"{len(missing)} data file(s) missing, e.g. {missing[0]}; run `maspo data prepare "
+                             f"--out {missing[0].parent}` on a machine with Hugging Face access (shared storage)")
 
 
 def _prepare_shared_assets(plan: ExperimentPlan, console) -> None:
@@ -450,10 +485,14 @@ def dry_run_lines(plan: ExperimentPlan) -> list[tuple[PlannedTrial, str]]:
     for planned in plan.trials:
         t = planned.trial
         trial_dir = Path("runs") / plan.name / "trials" / planned.name
-        assets = LocalAssets(Path("<warm-started tiny model>"), Path("<data>/train.parquet"),
-                             [Path("<data>/val.parquet")])
-        job = render_local_trial(t, assets, trial_dir, planned.name, metrics_path=trial_dir / "attempts/1/metrics.jsonl",
-                                 checkpoint_every=t.profile.test_freq)
+        if t.profile.name == "a100":
+            job = render_job(planned, plan, trial_dir, trial_dir / "attempts" / "1")
+        else:
+            assets = LocalAssets(Path("<warm-started tiny model>"), Path("<data>/train.parquet"),
+                                 [Path("<data>/val.parquet")])
+            job = render_local_trial(t, assets, trial_dir, planned.name,
+                                     metrics_path=trial_dir / "attempts/1/metrics.jsonl",
+                                     checkpoint_every=t.profile.test_freq)
         out.append((planned, " ".join(["python", "-m", "verl.trainer.main_ppo",
                                        *map(shlex.quote, job.overrides)])))
     return out

@@ -149,3 +149,55 @@ def test_results_table_from_trial_files(tmp_path):
     assert result.exit_code == 0, result.output
     assert "55.0 ± 7.1" in result.output and "AIME24" in result.output and "k=2" in result.output
     assert (tmp_path / "t.csv").exists()
+
+
+TABLE_4_7B = {  # Table 4 (spec section 12) at 7B, as verl overrides
+    "MASPO": ["maspo_alpha=0.3", "maspo_beta_low=0.03", "maspo_beta_high=0.03", "maspo_sigma_base=1.0"],
+    "GRPO": ["clip_ratio_low=0.2", "clip_ratio_high=0.2"],
+    "Clip Higher": ["clip_ratio_low=0.2", "clip_ratio_high=0.265"],
+    "DAC": ["loss_mode=dac", "clip_ratio_high=0.2"],
+    "BAPO": ["bapo_rho0=0.4", "bapo_c_high_start=1.2", "bapo_c_high_max=3.0", "bapo_c_low_start=0.6",
+             "bapo_c_low_max=0.9", "bapo_delta_high=0.05", "bapo_delta_low=0.02"],
+    "SAPO": ["tau_neg=1.05", "tau_pos=1.0", "loss_agg_mode=seq-mean-token-mean"],
+    "Entropy Reg.": ["entropy_coeff=0.01"],
+    "Entropy Adv.": ["entropy_adv_alpha=0.4", "entropy_adv_kappa=2.0"],
+    "Adv. Reweighting": ["adv_reweight_alpha=0.1"],
+}
+SECTION_15 = ["data.train_batch_size=512", "actor_rollout_ref.actor.ppo_mini_batch_size=32",
+              "actor_rollout_ref.rollout.n=16", "data.max_prompt_length=1024", "data.max_response_length=7168",
+              "'actor_rollout_ref.actor.optim.betas=[0.9,0.95]'", "actor_rollout_ref.actor.optim.lr=4.63e-07",
+              "actor_rollout_ref.actor.optim.lr_scheduler_type=constant", "actor_rollout_ref.actor.use_kl_loss=False",
+              "algorithm.use_kl_in_reward=False", "actor_rollout_ref.rollout.val_kwargs.n=32",
+              "actor_rollout_ref.rollout.val_kwargs.temperature=0.6", "actor_rollout_ref.rollout.val_kwargs.top_p=0.95",
+              "actor_rollout_ref.rollout.name=vllm", "trainer.resume_mode=auto", "trainer.n_gpus_per_node=8"]
+
+
+def test_a100_dry_run_shows_table_4_and_section_15_for_every_trial(tmp_path):
+    result = runner.invoke(app, ["compare", "--baselines", "all", "--profile", "a100", "--scale", "7b", "--dry-run",
+                                 "--root", str(tmp_path)], terminal_width=2000)
+    assert result.exit_code == 0, result.output
+    blocks = result.output.split("\n\n")[1:]
+    seen = set()
+    for block in blocks:
+        label = next((name for name in TABLE_4_7B if f"({name}, seed 0;" in block), None)
+        if label is None:
+            continue
+        seen.add(label)
+        assert "8 GPU(s)" in block and "A100-hours" in block
+        for expected in TABLE_4_7B[label] + SECTION_15:
+            assert expected in block, (label, expected)
+    assert seen == set(TABLE_4_7B)
+    assert "total: 9 trials x 8 GPUs" in result.output
+
+
+@pytest.mark.parametrize("args, trials, gpus", [
+    (["compare", "--baselines", "all", "--scale", "1.5b"], 9, 8),
+    (["compare", "--baselines", "all", "--scale", "7b"], 9, 8),
+    (["sweep", "alpha-beta", "--scale", "7b"], 8, 8),
+    (["compare", "--baselines", "grpo", "--scale", "14b"], 2, 16),
+])
+def test_the_paper_matrix_dry_runs_with_gpus_and_gpu_hours(args, trials, gpus):
+    result = runner.invoke(app, [*args, "--profile", "a100", "--dry-run"], terminal_width=2000)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("python -m verl.trainer.main_ppo") == trials
+    assert f"total: {trials} trials x {gpus} GPUs, est." in result.output
