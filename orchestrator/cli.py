@@ -150,7 +150,8 @@ def run_command(
         if profile != "local":
             from orchestrator.algorithms import AlgorithmError
 
-            raise AlgorithmError(f"profile {profile!r} is not available yet; use --profile local")
+            raise AlgorithmError(f"maspo run uses the local profile; on a cluster use `maspo compare` or "
+                                 f"`maspo sweep` with --profile {profile}")
         trial = trial_config(algorithm, values, seed=seed,
                              profile={"steps": steps, "model_path": model_path,
                                       **({"lr": lr} if lr is not None else {})})
@@ -193,7 +194,30 @@ def _launch(plan, *, dry_run: bool, address: Optional[str], root: Path, resume: 
                   f"{', resuming' if resume else ''}. Outputs: {exp_dir}")
     code = run_experiment(plan, exp_dir, console, address=address, restore=resume)
     _print_results(exp_dir)
+    try:
+        from orchestrator.local_dashboard import write_local_dashboard
+
+        page = write_local_dashboard(plan.name, runs_root=root)
+        console.print(f"dashboard (open in a browser, works offline): {page.resolve()}")
+    except Exception as err:  # noqa: BLE001 (the results are printed; a page that fails must not hide them)
+        console.print(f"[yellow]no local dashboard: {err}[/]")
+    unfinished = _unfinished(plan, exp_dir)
+    if unfinished:
+        console.print(f"[yellow]{len(unfinished)} trial(s) unfinished[/]; continue with: maspo resume {plan.name}"
+                      + (f" --root {root}" if root != Path("runs") else ""))
     raise typer.Exit(code)
+
+
+def _unfinished(plan, exp_dir: Path) -> list[str]:
+    import json
+
+    names = []
+    for planned in plan.trials:
+        status_path = exp_dir / "trials" / planned.name / "status.json"
+        state = json.loads(status_path.read_text()).get("state") if status_path.exists() else "pending"
+        if state != "succeeded":
+            names.append(planned.name)
+    return names
 
 
 def _print_dry_run(plan, lines) -> None:
@@ -394,24 +418,42 @@ def _check_choice(option: str, value: str, valid: tuple[str, ...]) -> None:
 
 @app.command("demo")
 def demo_command(
-    algorithm: str = typer.Option("maspo", "--algorithm", "-a", help="One of `maspo algorithms`."),
-    steps: int = typer.Option(12, help="Training steps."),
+    max_concurrent: int = typer.Option(2, help="Trials at a time on this machine."),
+    root: Path = typer.Option(Path("runs"), help="Where experiments live."),
 ) -> None:
-    """What `make demo` runs: one real MASPO trial on the local profile (verl on CPU), live, then its results.
+    """What `make demo` runs: MASPO's alpha-beta sweep at demo size on the local profile, then its results.
 
-    The first run builds and warm-starts the tiny model (cached afterwards under ~/.cache/maspo).
+    Two (alpha, beta) settings, each a real verl run on CPU under Ray Tune; at the end the results table, the trials' W&B offline runs and a local HTML dashboard. The first run builds and warm-starts the tiny model (cached afterwards under ~/.cache/maspo). Run again, it resumes an interrupted demo or shows the finished one's results.
     """
-    console.print(f"[bold]maspo demo[/]: one {algorithm} trial on the local profile: verl's own trainer on CPU, "
-                  "a tiny warm-started Qwen2, synthetic math with graded difficulty, W&B offline.")
-    run_command(algorithm=algorithm, alpha=None, beta=None, hp=[], profile="local", steps=steps, seed=0, name=None,
-                out=None, model_path=None, lr=None)
+    from orchestrator.tune_runner import experiment_dir
+
+    console.print("[bold]maspo demo[/]: `maspo sweep alpha-beta --demo` on the local profile: verl's own trainer "
+                  "on CPU, a tiny warm-started Qwen2, synthetic math with graded difficulty, W&B offline.")
+    name = "alpha-beta-demo"
+    exp_dir = experiment_dir(name, root)
+    if (exp_dir / "tune").exists():
+        from orchestrator.tune_runner import load_plan
+
+        if _unfinished(load_plan(exp_dir), exp_dir):
+            console.print(f"{exp_dir} exists, unfinished: resuming it")
+            resume_command(name=name, address=None, root=root)
+        console.print(f"{exp_dir} is done: its results (delete the directory to run the demo again)")
+        results_command(name=name, passk=False, csv_out=None, json_out=None, root=root)
+        return
+    sweep_command(spec="alpha-beta", grid="listed", profile="local", scale=None, seeds=1, steps=None,
+                  max_concurrent=max_concurrent, scheduler="fifo", name=name, dry_run=False, resume=False,
+                  demo=True, address=None, cluster=None, root=root, profile_set=[])
 
 
 def _mount_subcommands() -> None:
     from orchestrator.cluster_cli import cluster_app, data_app
+    from orchestrator.dashboard_cli import dashboard_app
+    from orchestrator.tracking_cli import sync_command
 
     app.add_typer(cluster_app, name="cluster")
     app.add_typer(data_app, name="data")
+    app.add_typer(dashboard_app, name="dashboard")
+    app.command("sync")(sync_command)
 
 
 _mount_subcommands()

@@ -88,7 +88,7 @@ def render_local_trial(trial: TrialConfig, assets: LocalAssets, out_dir: Path, n
     if checkpoint_every:
         overrides = [o for o in overrides if not o.startswith("trainer.save_freq=")]
         overrides += [f"trainer.save_freq={checkpoint_every}", "trainer.resume_mode=auto",
-                      "trainer.max_actor_ckpt_to_keep=1"]
+                      "trainer.max_actor_ckpt_to_keep=2"]  # a retry may need the one before the latest
     overrides += get(trial.algorithm).verl_overrides(trial.params)
     env = {k: v for k, v in cpu_trainer_env(out_dir).items() if k != "RAY_ADDRESS"}
     if metrics_path is not None:
@@ -154,6 +154,9 @@ def run_local_trial(trial: TrialConfig, name: str, out_dir: Path, console, poll_
 
         assets = prepare_local_assets(trial.profile, trial.seed, progress=warm_progress)
         job = render_local_trial(trial, assets, out_dir, name)
+        from orchestrator.tracking import trial_wandb_env
+
+        job.env.update(trial_wandb_env(trial, experiment=name, trial_name=name, tags=["run"]))
         (out_dir / "trial.json").write_text(json.dumps({
             "name": name, "trial": trial.model_dump(mode="json"), "trial_hash": trial.stable_hash(),
             "model_dir": str(assets.model_dir), "entrypoint": job.entrypoint(),

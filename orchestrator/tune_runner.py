@@ -171,6 +171,27 @@ def checkpoint_step(checkpoint_dir: Path) -> int:
         return 0
 
 
+def resume_point(checkpoint_dir: Path, logged_steps: set[int]) -> int:
+    """The checkpoint a retry should resume from, made the one verl's ``resume_mode=auto`` picks.
+
+    verl saves step c's checkpoint BEFORE it logs step c's metrics; a job killed in between would resume
+    after c and step c's training metrics would be lost. So the newest checkpoint whose step was logged is
+    chosen, and verl's tracker file (``latest_checkpointed_iteration.txt``) points to it; 0 means start over.
+    """
+    latest = checkpoint_step(checkpoint_dir)
+    if latest == 0 or latest in logged_steps:
+        return latest
+    kept = sorted((int(p.name.removeprefix("global_step_")) for p in checkpoint_dir.glob("global_step_*")
+                   if p.name.removeprefix("global_step_").isdigit()), reverse=True)
+    usable = next((step for step in kept if step < latest and step in logged_steps), 0)
+    tracker = checkpoint_dir / "latest_checkpointed_iteration.txt"
+    if usable:
+        tracker.write_text(str(usable))
+    else:
+        tracker.unlink(missing_ok=True)
+    return usable
+
+
 def tune_metrics(records: list[dict]) -> dict[str, Any]:
     """What the controller reports to Tune after a step: the step's numbers and the latest validation."""
     latest: dict[str, float] = {}
@@ -219,7 +240,10 @@ def render_job(planned: PlannedTrial, plan: ExperimentPlan, trial_dir: Path, att
         assets = prepare_local_assets(trial.profile, trial.seed)
         job = render_local_trial(trial, assets, trial_dir, planned.name, metrics_path=metrics_path,
                                  checkpoint_every=trial.profile.test_freq)
-    job.env.update({"WANDB_RUN_GROUP": plan.name, "WANDB_JOB_TYPE": trial.algorithm})
+    from orchestrator.tracking import trial_wandb_env
+
+    job.env.update(trial_wandb_env(trial, experiment=plan.name, trial_name=planned.name, label=planned.label,
+                                   tags=[plan.kind, plan.profile, plan.scale]))
     return job
 
 
@@ -255,8 +279,8 @@ def trial_controller(config: dict) -> None:
     attempt_dir = trial_dir / "attempts" / str(attempt)
     attempt_dir.mkdir(parents=True, exist_ok=True)
 
-    resumed_from = checkpoint_step(trial_checkpoint_dir(planned, trial_dir))
     stream = MetricStream(trial_dir / "metrics.jsonl")
+    resumed_from = resume_point(trial_checkpoint_dir(planned, trial_dir), stream.steps())
     stream.truncate_after(resumed_from)
 
     render = _import_object(config["renderer"]) if config.get("renderer") else render_job
@@ -300,9 +324,10 @@ def trial_controller(config: dict) -> None:
                 break
             time.sleep(float(config.get("poll_s", 1.0)))
     finally:
-        if job_status not in TERMINAL:
+        if job_status not in TERMINAL:  # stopped by Tune (ASHA, Ctrl-C) or an error here: end the job too
             try:
                 client.stop_job(submission_id)
+                job_status = "STOPPED"
             except Exception:  # noqa: BLE001 (the cluster may be going away with us)
                 pass
         try:

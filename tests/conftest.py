@@ -15,3 +15,78 @@ def one_token(rho: float, advantage: float, pi_old: float, dtype=torch.float64):
 @pytest.fixture
 def token():
     return one_token
+
+
+# --------------------------------------------------------------------------------------------------------
+# One real local sweep for every end-to-end test (verl on CPU is minutes per trial: run it once per session).
+
+SWEEP_STEPS = 3
+SECRET = "local-test-secret-0123456789abcdef0123456789abcdef"  # a W&B key that must never reach a file
+TINY_PROFILE = ["-P", "test_freq=1", "-P", "train_batch_size=4", "-P", "ppo_mini_batch_size=2", "-P", "n_samples=4",
+                "-P", "val_n=4", "-P", "n_val_problems=2"]
+
+
+def _kill_one_job_after_its_checkpoint(exp_dir, stop, killed):
+    """Chaos: SIGKILL the verl driver of the first trial that has a checkpoint and more steps to go."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import time
+
+    while not stop.is_set():
+        for status_path in exp_dir.glob("trials/*/status.json"):
+            trial_dir = status_path.parent
+            try:
+                status = json.loads(status_path.read_text())
+                ckpt = int((trial_dir / "checkpoints" / "latest_checkpointed_iteration.txt").read_text())
+            except (OSError, ValueError):
+                continue
+            if len(status["attempts"]) != 1 or not 1 <= ckpt < SWEEP_STEPS:
+                continue
+            try:  # the checkpoint's step is in the trial's stream: the retry must resume from exactly there
+                logged = {json.loads(line)["step"] for line in (trial_dir / "metrics.jsonl").read_text().splitlines()}
+            except (OSError, ValueError):
+                continue
+            if ckpt not in logged:
+                continue
+            found = subprocess.run(["pgrep", "-f", f"trainer.experiment_name={trial_dir.name}"],
+                                   capture_output=True, text=True)
+            pids = [int(p) for p in found.stdout.split()]
+            if pids:
+                for pid in pids:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                killed.append((trial_dir.name, ckpt))
+                return
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def local_sweep(tmp_path_factory):
+    """``maspo sweep alpha-beta --demo`` at its smallest size, two trials at a time, one job killed mid-run.
+
+    Returns (experiment dir, completed process, [(killed trial, its checkpoint step)]).
+    """
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    root = tmp_path_factory.mktemp("sweep")
+    exp_dir = root / "e2e"
+    stop, killed = threading.Event(), []
+    chaos = threading.Thread(target=_kill_one_job_after_its_checkpoint, args=(exp_dir, stop, killed), daemon=True)
+    chaos.start()
+    env = {**os.environ, "COLUMNS": "200", "WANDB_API_KEY": SECRET}
+    env["WANDB_MODE"] = "offline"  # a key is present (the secret-scan test), but tests never go online
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", "sweep", "alpha-beta", "--demo", "--steps", str(SWEEP_STEPS),
+             "--max-concurrent", "2", "--root", str(root), "--name", "e2e", *TINY_PROFILE],
+            capture_output=True, text=True, timeout=1500, env=env, cwd=root)
+    finally:
+        stop.set()
+    return exp_dir, done, killed

@@ -19,10 +19,13 @@ def render(planned, plan, trial_dir: Path, attempt_dir: Path):
     """The renderer the trial controller calls instead of verl's (``renderer="tests.standin_job:render"``)."""
     from orchestrator.runner import TrialJob
 
-    gpus = plan.slots_per_trial * 8
+    from orchestrator.scales import gpus_of
+
+    gpus = 8 * plan.slots_per_trial if os.environ.get("STANDIN_A100") else gpus_of(planned.trial.profile)
     env = {"VERL_FILE_LOGGER_PATH": str(attempt_dir / "metrics.jsonl"), "STANDIN_GPUS": str(gpus),
            "STANDIN_STEPS": str(planned.trial.profile.steps), "STANDIN_LEDGER": str(attempt_dir / "ledger.json"),
-           "STANDIN_SECONDS": os.environ.get("STANDIN_SECONDS", "2"), "PYTHONPATH": str(Path(__file__).parents[1])}
+           "STANDIN_SECONDS": os.environ.get("STANDIN_SECONDS", "2"),
+           "STANDIN_QUALITY": str(float(os.environ.get("STANDIN_QUALITY_BASE", "0.1")) / (1 + planned.trial.seed)), "PYTHONPATH": str(Path(__file__).parents[1])}
     return TrialJob([], env, trial_dir, attempt_dir / "metrics.jsonl", module="tests.standin_job")
 
 
@@ -40,8 +43,9 @@ def main() -> int:
     node = ray.util.placement_group_table(pg)["bundles_to_node_id"][0]
     with open(os.environ["VERL_FILE_LOGGER_PATH"], "w") as log:
         for step in range(steps + 1):
-            data = {"val-core/local_math500/acc/mean@4": 0.1 * step, "val-core/local_math500/acc/pass@4": 0.2 * step,
-                    "val-core/average/acc/mean@4": 0.1 * step, "val-core/average/acc/pass@4": 0.2 * step}
+            q = float(os.environ["STANDIN_QUALITY"])  # seed s learns at 1 / (1 + s) of seed 0's rate
+            data = {"val-core/local_math500/acc/mean@4": q * step, "val-core/local_math500/acc/pass@4": 2 * q * step,
+                    "val-core/average/acc/mean@4": q * step, "val-core/average/acc/pass@4": 2 * q * step}
             if step:
                 data["actor/entropy"] = 1.0 / step
             log.write(json.dumps({"step": step, "data": data}) + "\n")

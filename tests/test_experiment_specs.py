@@ -201,3 +201,19 @@ def test_the_paper_matrix_dry_runs_with_gpus_and_gpu_hours(args, trials, gpus):
     assert result.exit_code == 0, result.output
     assert result.output.count("python -m verl.trainer.main_ppo") == trials
     assert f"total: {trials} trials x {gpus} GPUs, est." in result.output
+
+
+def test_resume_point_skips_a_checkpoint_whose_step_was_never_logged(tmp_path):
+    from orchestrator.tune_runner import resume_point
+
+    ckpt = tmp_path / "checkpoints"
+    for step in (1, 2):
+        (ckpt / f"global_step_{step}").mkdir(parents=True)
+    tracker = ckpt / "latest_checkpointed_iteration.txt"
+    tracker.write_text("2")
+    assert resume_point(ckpt, {0, 1, 2}) == 2 and tracker.read_text() == "2"
+    # killed after saving step 2 but before logging it: verl must redo step 2, from the step-1 checkpoint
+    assert resume_point(ckpt, {0, 1}) == 1 and tracker.read_text() == "1"
+    tracker.write_text("1")
+    assert resume_point(ckpt, {0}) == 0 and not tracker.exists()  # nothing usable: start over
+    assert resume_point(tmp_path / "none", set()) == 0

@@ -38,6 +38,7 @@ def two_gpu_nodes():
 
 def test_more_trials_than_slots_never_oversubscribe_and_all_finish(two_gpu_nodes, tmp_path, monkeypatch):
     monkeypatch.setenv("STANDIN_SECONDS", "3")
+    monkeypatch.setenv("STANDIN_A100", "1")  # 8 GPUs per trial
     trials = [trial_config("grpo", seed=s, profile={"steps": 3, "test_freq": 1}) for s in range(5)]
     plan = ExperimentPlan(name="slots", kind="compare", spec="test", profile="local", scale="1.5b",
                           seeds=list(range(5)), steps=3, max_concurrent=5, slots_per_trial=1, max_failures=0,

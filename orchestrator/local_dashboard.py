@@ -1,0 +1,350 @@
+"""``maspo dashboard local NAME``: the experiment's dashboards as one self-contained HTML page.
+
+The panels are those of the W&B workspace (``dashboards/maspo.yaml``), drawn as inline SVG from the local files
+(``runs/<NAME>/trials/*/metrics.jsonl`` and ``trial.json``, or a single ``maspo run`` directory): runs grouped by
+their label (the algorithm in a comparison, the (alpha, beta) setting in a sweep), the mean over seeds as a line
+and the range over seeds as a band. Then the final validation as the paper's Table 1. No script, no network: the
+file opens anywhere, tooltips are SVG ``<title>`` elements.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator.dashboards import (
+    DashboardError, Definition, Panel, Validation, blocks_for, detect_validation, expand, experiment_meta,
+    experiment_path, load_definition, sections_for, trial_dirs,
+)
+
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
+           "#7f7f7f"]
+WIDTH, HEIGHT = 440, 270
+LEFT, RIGHT, TOP, BOTTOM = 56, 14, 30, 40
+
+
+@dataclass
+class Trial:
+    name: str
+    label: str
+    settings: dict  # what the W&B run config holds under ``maspo``
+    history: dict[int, dict[str, float]] = field(default_factory=dict)  # step -> metrics
+
+    def series(self, key: str) -> list[tuple[int, float]]:
+        return [(s, d[key]) for s, d in sorted(self.history.items()) if _is_number(d.get(key))]
+
+    def final(self, key: str) -> float | None:
+        points = self.series(key)
+        return points[-1][1] if points else None
+
+    def best(self, key: str) -> float | None:
+        points = self.series(key)
+        return max(v for _, v in points) if points else None
+
+    def config(self, key: str):
+        """A run-config key such as ``maspo.hyperparameters.alpha``."""
+        node = {"maspo": self.settings}
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def load_trials(exp_dir: Path) -> list[Trial]:
+    meta = experiment_meta(exp_dir)
+    planned = {t.get("name"): t for t in meta.get("trials", [])}
+    order = {name: i for i, name in enumerate(planned)}
+    trials = []
+    for trial_dir in sorted(trial_dirs(exp_dir), key=lambda d: (order.get(d.name, len(order)), d.name)):
+        info = json.loads((trial_dir / "trial.json").read_text()) if (trial_dir / "trial.json").exists() else {}
+        name = info.get("name") or trial_dir.name
+        config = info.get("trial") or planned.get(name, {}).get("trial") or {}
+        label = info.get("label") or planned.get(name, {}).get("label") or config.get("algorithm") or name
+        settings = {**config, "experiment": meta.get("name", exp_dir.name), "trial": name, "label": label}
+        trial = Trial(name, label, settings)
+        path = trial_dir / "metrics.jsonl"
+        for line in path.read_text().splitlines() if path.exists() else []:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            trial.history.setdefault(int(record.get("step", 0)), {}).update(record.get("data", {}))
+        trials.append(trial)
+    return trials
+
+
+def group_trials(trials: list[Trial]) -> dict[str, list[Trial]]:
+    groups: dict[str, list[Trial]] = {}
+    for trial in trials:
+        groups.setdefault(trial.label, []).append(trial)
+    return groups
+
+
+def aggregate(trials: list[Trial], key: str) -> list[tuple[int, float, float, float]]:
+    """(step, mean, min, max) over the trials that logged ``key`` at that step."""
+    by_step: dict[int, list[float]] = {}
+    for trial in trials:
+        for step, value in trial.series(key):
+            by_step.setdefault(step, []).append(float(value))
+    return [(s, sum(v) / len(v), min(v), max(v)) for s, v in sorted(by_step.items())]
+
+
+# --------------------------------------------------------------------------------------------------------
+# SVG
+
+
+def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    span = hi - lo
+    raw = span / max(n - 1, 1)
+    magnitude = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    first = math.ceil(lo / step) * step
+    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def _tick_label(value: float, step: float) -> str:
+    """A tick value with just enough decimals to tell neighbouring ticks ``step`` apart."""
+    if abs(value) < step * 1e-6:
+        return "0"
+    if abs(value) >= 1e5 or abs(value) < 1e-4:
+        return f"{value:.3g}"
+    decimals = 0
+    while decimals < 10 and abs(round(step, decimals) - step) > step * 1e-6:
+        decimals += 1
+    return f"{value:.{decimals}f}"
+
+
+def _fmt(value: float) -> str:
+    if value == 0:
+        return "0"
+    if abs(value) >= 1000 or abs(value) < 0.01:
+        return f"{value:.2g}"
+    return f"{value:.3g}"
+
+
+def _range(values: list[float]) -> tuple[float, float]:
+    lo, hi = min(values), max(values)
+    if hi - lo < 1e-12:
+        pad = abs(hi) * 0.1 or 0.5
+        return lo - pad, hi + pad
+    pad = (hi - lo) * 0.06
+    return lo - pad, hi + pad
+
+
+def _frame(title: str, body: str, tooltip: str = "") -> str:
+    tip = f"<title>{html.escape(tooltip)}</title>" if tooltip else ""
+    return (f'<svg class="panel" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
+            f'viewBox="0 0 {WIDTH} {HEIGHT}">{tip}'
+            f'<rect x="0" y="0" width="{WIDTH}" height="{HEIGHT}" fill="#ffffff" stroke="#d0d0d0"/>'
+            f'<text x="{WIDTH / 2}" y="19" text-anchor="middle" class="title">{html.escape(title)}</text>{body}</svg>')
+
+
+def _empty(title: str, why: str) -> str:
+    return _frame(title, f'<text x="{WIDTH / 2}" y="{HEIGHT / 2}" text-anchor="middle" class="empty">'
+                         f'{html.escape(why)}</text>')
+
+
+def line_svg(title: str, key: str, x_label: str, groups: list[tuple[str, str, list]]) -> str:
+    """One panel: per group (label, colour, [(step, mean, lo, hi)]) a band and a line with markers."""
+    points = [p for _, _, series in groups for p in series]
+    if not points:
+        return _empty(title, f"no data: {key}")
+    x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
+    if x0 == x1:
+        x0, x1 = x0 - 0.5, x1 + 0.5
+    y0, y1 = _range([v for p in points for v in p[2:4]])
+    pw, ph = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+
+    def sx(x):
+        return LEFT + (x - x0) / (x1 - x0) * pw
+
+    def sy(y):
+        return TOP + (1 - (y - y0) / (y1 - y0)) * ph
+
+    parts = [f'<rect class="plot" x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="#fafafa"/>']
+    y_ticks = _ticks(y0, y1)
+    y_step = y_ticks[1] - y_ticks[0] if len(y_ticks) > 1 else abs(y1 - y0)
+    for t in y_ticks:
+        parts.append(f'<line x1="{LEFT}" x2="{LEFT + pw}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" class="grid"/>'
+                     f'<text x="{LEFT - 5}" y="{sy(t) + 4:.1f}" text-anchor="end" class="tick">'
+                     f'{_tick_label(t, y_step)}</text>')
+    for t in _ticks(x0, x1):
+        if float(t).is_integer():
+            parts.append(f'<text x="{sx(t):.1f}" y="{TOP + ph + 15}" text-anchor="middle" class="tick">{t:.0f}</text>')
+    parts.append(f'<text x="{LEFT + pw / 2}" y="{HEIGHT - 6}" text-anchor="middle" class="axis">'
+                 f'{html.escape(x_label)}</text>')
+    for label, color, series in groups:
+        if not series:
+            continue
+        if any(lo != hi for _, _, lo, hi in series):
+            upper = " ".join(f"{sx(s):.1f},{sy(hi):.1f}" for s, _, _, hi in series)
+            lower = " ".join(f"{sx(s):.1f},{sy(lo):.1f}" for s, _, lo, _ in reversed(series))
+            parts.append(f'<polygon points="{upper} {lower}" fill="{color}" fill-opacity="0.18" stroke="none"/>')
+        line = " ".join(f"{sx(s):.1f},{sy(m):.1f}" for s, m, _, _ in series)
+        parts.append(f'<polyline points="{line}" fill="none" stroke="{color}" stroke-width="2.5"/>')
+        for s, m, lo, hi in series:
+            tip = f"{label}, step {s}: {m:.4g}" + (f" (range {lo:.4g} to {hi:.4g})" if lo != hi else "")
+            parts.append(f'<circle cx="{sx(s):.1f}" cy="{sy(m):.1f}" r="3.5" fill="{color}">'
+                         f'<title>{html.escape(tip)}</title></circle>')
+    return _frame(title, "".join(parts), key)
+
+
+def parallel_svg(title: str, panel: Panel, trials: list[Trial], colors: dict[str, str]) -> str:
+    """Parallel coordinates: one polyline per trial over the panel's columns, each axis scaled on its own."""
+    def value(trial, column):
+        if column.config:
+            v = trial.config(column.config)
+        else:
+            v = trial.final(column.final) if column.final else trial.best(column.best)
+        return float(v) if _is_number(v) else None
+
+    rows = [(t, [value(t, c) for c in panel.columns]) for t in trials]
+    complete = [(t, vs) for t, vs in rows if all(v is not None for v in vs)]
+    if not complete:
+        return _empty(title, "no run has every axis")
+    n = len(panel.columns)
+    pw, ph = WIDTH - 2 * LEFT, HEIGHT - TOP - BOTTOM - 10
+    xs = [LEFT + i * pw / (n - 1) for i in range(n)] if n > 1 else [WIDTH / 2]
+    ranges = [_range([vs[i] for _, vs in complete]) for i in range(n)]
+
+    def sy(i, v):
+        lo, hi = ranges[i]
+        return TOP + 10 + (1 - (v - lo) / (hi - lo)) * ph
+
+    parts = [f'<rect class="plot" x="{LEFT - 20}" y="{TOP}" width="{pw + 40}" height="{ph + 20}" fill="#fafafa"/>']
+    for trial, vs in complete:
+        color = colors[trial.label]
+        line = " ".join(f"{xs[i]:.1f},{sy(i, v):.1f}" for i, v in enumerate(vs))
+        tip = f"{trial.name}: " + ", ".join(f"{c.label} {v:.4g}" for c, v in zip(panel.columns, vs))
+        parts.append(f'<polyline points="{line}" fill="none" stroke="{color}" stroke-width="2.5" stroke-opacity="0.85">'
+                     f'<title>{html.escape(tip)}</title></polyline>')
+    for i, column in enumerate(panel.columns):
+        lo, hi = min(vs[i] for _, vs in complete), max(vs[i] for _, vs in complete)
+        parts.append(f'<line x1="{xs[i]:.1f}" x2="{xs[i]:.1f}" y1="{TOP + 10}" y2="{TOP + 10 + ph}" class="paxis"/>'
+                     f'<text x="{xs[i]:.1f}" y="{HEIGHT - 8}" text-anchor="middle" class="axis">'
+                     f'{html.escape(column.label)}</text>'
+                     f'<text x="{xs[i] + 4:.1f}" y="{sy(i, hi) - 3:.1f}" class="tick">{_fmt(hi)}</text>'
+                     + (f'<text x="{xs[i] + 4:.1f}" y="{sy(i, lo) + 11:.1f}" class="tick">{_fmt(lo)}</text>'
+                        if hi > lo else ""))
+    missing = len(rows) - len(complete)
+    if missing:
+        parts.append(f'<text x="{WIDTH - 6}" y="{HEIGHT - 24}" text-anchor="end" class="tick">'
+                     f'{missing} run(s) without every axis not shown</text>')
+    return _frame(title, "".join(parts))
+
+
+# --------------------------------------------------------------------------------------------------------
+# the page
+
+
+def _source_name(source: str) -> str:
+    return source.removeprefix("local_")
+
+
+def final_table(groups: dict[str, list[Trial]], validation: Validation) -> str:
+    """The paper's Table 1: per group the last validation's Avg@k / Pass@k, mean over seeds (and the range)."""
+    k = validation.k
+    sources = [*validation.sources, "average"]
+    cells: dict[tuple[str, str], tuple[float, float, float] | None] = {}
+    for label, trials in groups.items():
+        for source in sources:
+            for metric in ("mean", "pass"):
+                values = [v for t in trials if (v := t.final(f"val-core/{source}/acc/{metric}@{k}")) is not None]
+                cells[label, f"{source}/{metric}"] = (
+                    (sum(values) / len(values), min(values), max(values)) if values else None)
+    best = {}
+    for column in {c for _, c in cells}:
+        means = [v[0] for (_, c), v in cells.items() if c == column and v is not None]
+        best[column] = max(means) if means else None
+    head = "".join(f'<th colspan="2">{html.escape(_source_name(s).capitalize() if s == "average" else _source_name(s))}'
+                   f'</th>' for s in sources)
+    sub = "".join(f"<th>A@{k}</th><th>P@{k}</th>" for _ in sources)
+    rows = []
+    for label, trials in groups.items():
+        row = [f'<th class="label">{html.escape(label)}<span class="seeds"> ({len(trials)} seed'
+               f'{"s" if len(trials) != 1 else ""})</span></th>']
+        for source in sources:
+            for metric in ("mean", "pass"):
+                cell = cells[label, f"{source}/{metric}"]
+                if cell is None:
+                    row.append("<td>-</td>")
+                    continue
+                mean, lo, hi = cell
+                text = f"{100 * mean:.1f}"
+                if hi > lo:
+                    text += f'<span class="range"> [{100 * lo:.1f}, {100 * hi:.1f}]</span>'
+                bold = best[f"{source}/{metric}"] is not None and abs(mean - best[f"{source}/{metric}"]) < 1e-12
+                row.append(f"<td><b>{text}</b></td>" if bold and len(groups) > 1 else f"<td>{text}</td>")
+        rows.append("<tr>" + "".join(row) + "</tr>")
+    return (f'<table class="final"><thead><tr><th rowspan="2">method</th>{head}</tr><tr>{sub}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>')
+
+
+CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 24px; color: #222;
+       background: #f4f5f7; }
+h1 { font-size: 22px; margin: 0 0 4px 0; } h2 { font-size: 17px; margin: 26px 0 8px 0; }
+p.meta { color: #555; margin: 0 0 10px 0; font-size: 13px; }
+.legend span { display: inline-block; margin-right: 16px; font-size: 13px; }
+.legend i { display: inline-block; width: 18px; height: 4px; margin-right: 6px; vertical-align: middle; }
+.grid-panels { display: flex; flex-wrap: wrap; gap: 12px; }
+svg.panel { font-size: 11px; }
+svg .title { font-size: 13px; font-weight: 600; fill: #222; }
+svg .tick { fill: #666; font-size: 10px; } svg .axis { fill: #444; font-size: 11px; }
+svg .empty { fill: #999; font-size: 12px; } svg .grid { stroke: #e3e3e3; stroke-width: 1; }
+svg .paxis { stroke: #888; stroke-width: 1; }
+table.final { border-collapse: collapse; background: #fff; font-size: 13px; }
+table.final th, table.final td { border: 1px solid #d8d8d8; padding: 4px 8px; text-align: right; white-space: nowrap; }
+table.final th.label { text-align: left; } .seeds, .range { color: #888; font-weight: normal; font-size: 11px; }
+"""
+
+
+def render(exp_dir: Path, definition: Definition, validation: Validation) -> str:
+    meta = experiment_meta(exp_dir)
+    name, kind = meta.get("name", exp_dir.name), meta.get("kind")
+    trials = load_trials(exp_dir)
+    if not trials:
+        raise DashboardError(f"no trials under {exp_dir} yet")
+    groups = group_trials(trials)
+    colors = {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(groups)}
+    legend = "".join(f'<span><i style="background:{c}"></i>{html.escape(label)} ({len(groups[label])})</span>'
+                     for label, c in colors.items())
+    body = [f"<h1>maspo: {html.escape(name)}</h1>",
+            f'<p class="meta">{html.escape(str(kind or "run"))}, {len(trials)} trial(s) in {len(groups)} group(s); '
+            f"validation Avg@{validation.k} / Pass@{validation.k} on {len(validation.sources)} set(s). Lines: mean "
+            f"over seeds; bands: lowest to highest seed. x axis: {html.escape(definition.x)}.</p>",
+            f'<div class="legend">{legend}</div>']
+    for section in sections_for(definition, kind):
+        body.append(f"<h2>{html.escape(section.name)}</h2><div class=\"grid-panels\">")
+        for panel in expand(section.panels, validation, name):
+            if panel.kind == "line":
+                series = [(label, colors[label], aggregate(members, panel.y)) for label, members in groups.items()]
+                body.append(line_svg(panel.title, panel.y, "training step", series))
+            elif panel.kind == "parallel":
+                body.append(parallel_svg(panel.title, panel, trials, colors))
+        body.append("</div>")
+    for block in blocks_for(definition, kind):
+        if block.table:
+            body.append(f"<h2>{html.escape(block.heading)}</h2>")
+            body.append(final_table(groups, validation))
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>maspo: {html.escape(name)}</title>'
+            f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def write_local_dashboard(name: str, *, runs_root: Path = Path("runs"), out: Path | None = None,
+                          k: int | None = None, sources: list[str] | None = None,
+                          definition: Definition | None = None) -> Path:
+    """Write ``runs/<NAME>/dashboard.html`` (or ``out``) and return its path."""
+    exp_dir = experiment_path(name, runs_root)
+    page = render(exp_dir, definition or load_definition(), detect_validation(exp_dir, k, sources))
+    path = out or exp_dir / "dashboard.html"
+    path.write_text(page)
+    return path

@@ -1,0 +1,118 @@
+"""W&B inside the verl job: the trial's identity, the step axis, the trial settings in the run config.
+
+verl's ``Tracking.__init__`` calls ``wandb.init(project=trainer.project_name, name=trainer.experiment_name,
+entity=$WANDB_ENTITY, config=<verl config>)`` and logs every step with ``wandb.log(metrics, step=global_steps)``.
+The hook wraps ``Tracking.__init__``; when the wandb backend is on:
+
+- ``WANDB_PROJECT`` and ``WANDB_NAME`` win over verl's explicit arguments (wandb prefers explicit arguments;
+  the orchestrator sets both per trial, see ``orchestrator.tracking.wandb_env``);
+- ``training/global_step`` becomes the x axis of verl's metric families (prefix globs, which do not overlap, as
+  W&B's choice among overlapping globs is not documented), with the ``max`` and ``last`` summaries for
+  ``val-core/*`` and ``val-aux/*``. Other keys keep W&B's ``_step``, which verl sets to the global step too.
+  verl puts ``training/global_step`` in the training steps' records only; the hook adds it to every record it
+  logs to W&B (the validation before training has none);
+- ``MASPO_TRIAL_JSON`` (the resolved trial) goes into the run config as ``maspo``.
+
+Without the wandb backend (or without ``MASPO_TRIAL_JSON``'s identity) nothing changes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+from orchestrator.verl_bridge.patching import after_import
+
+STEP_KEY = "training/global_step"
+STEP_PREFIXES = ("actor/", "critic/", "response_length/", "response/", "prompt_length/", "timing_s/",
+                 "timing_per_token_ms/", "perf/", "global_seqlen/", "num_turns/")
+VALIDATION_PREFIXES = ("val-core/", "val-aux/")
+TRIAL_JSON_ENV = "MASPO_TRIAL_JSON"  # = orchestrator.tracking.TRIAL_JSON_ENV (not imported: keep the job light)
+_HOOKED = "_maspo_wandb_hooked"
+
+
+class StepLogger:
+    """verl's ``logger["wandb"]``: the wandb module, but every record carries the training step as a metric."""
+
+    def __init__(self, wandb):
+        self.wandb = wandb
+
+    def log(self, data, step):
+        self.wandb.log({**data, STEP_KEY: data.get(STEP_KEY, step)}, step=step)
+
+    def finish(self, exit_code: int = 0):
+        self.wandb.finish(exit_code=exit_code)
+
+    def __getattr__(self, name):
+        return getattr(self.wandb, name)
+
+
+def define_metrics(wandb) -> None:
+    """Every metric plots against the training step; validation keeps its best and its last value."""
+    wandb.define_metric(STEP_KEY)
+    for prefix in STEP_PREFIXES:
+        wandb.define_metric(prefix + "*", step_metric=STEP_KEY)
+    for prefix in VALIDATION_PREFIXES:
+        wandb.define_metric(prefix + "*", step_metric=STEP_KEY, summary="max,last")
+
+
+def trial_settings() -> dict | None:
+    raw = os.environ.get(TRIAL_JSON_ENV)
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return {"unparsed": raw}
+
+
+def _identity_init(init):
+    """``wandb.init`` with ``WANDB_PROJECT``/``WANDB_NAME`` in place of verl's explicit project and name."""
+
+    @functools.wraps(init)
+    def wrapped(*args, **kwargs):
+        if os.environ.get("WANDB_PROJECT"):
+            kwargs["project"] = os.environ["WANDB_PROJECT"]
+        if os.environ.get("WANDB_NAME"):
+            kwargs["name"] = os.environ["WANDB_NAME"]
+        return init(*args, **kwargs)
+
+    return wrapped
+
+
+def wrap_tracking_init(original):
+    if getattr(original, _HOOKED, False):
+        return original
+
+    @functools.wraps(original)
+    def hooked(self, project_name, experiment_name, default_backend="console", config=None):
+        backends = [default_backend] if isinstance(default_backend, str) else list(default_backend or [])
+        if "wandb" not in backends and "tracking" not in backends:
+            return original(self, project_name, experiment_name, default_backend, config)
+        import wandb
+
+        settings = trial_settings()
+        plain_init = wandb.init
+        if settings is not None:
+            wandb.init = _identity_init(plain_init)
+        try:
+            original(self, project_name, experiment_name, default_backend, config)
+        finally:
+            wandb.init = plain_init
+        if "wandb" in self.logger and wandb.run is not None:
+            define_metrics(wandb)
+            if settings is not None:
+                wandb.config.update({"maspo": settings}, allow_val_change=True)
+            self.logger["wandb"] = StepLogger(wandb)
+
+    setattr(hooked, _HOOKED, True)
+    return hooked
+
+
+def _patch(module) -> None:
+    module.Tracking.__init__ = wrap_tracking_init(module.Tracking.__init__)
+
+
+def install() -> None:
+    after_import("verl.utils.tracking", _patch)

@@ -1,0 +1,94 @@
+"""`maspo sweep` end to end on the local profile: real verl jobs under Ray Tune, a killed job retried from its
+checkpoint, the metric stream, W&B offline runs, and `maspo results` from what the trials reported."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from orchestrator.local import tasks
+
+from tests.conftest import SECRET, SWEEP_STEPS
+
+pytestmark = pytest.mark.slow
+
+
+def _records(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_the_sweep_succeeds_with_every_trial(local_sweep):
+    exp_dir, done, killed = local_sweep
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    plan = json.loads((exp_dir / "experiment.json").read_text())
+    assert [t["label"] for t in plan["trials"]] == ["alpha=0.3 beta=0.03", "alpha=0.8 beta=0.03"]
+    for trial in plan["trials"]:
+        status = json.loads((exp_dir / "trials" / trial["name"] / "status.json").read_text())
+        assert status["state"] == "succeeded"
+    assert "2/2 trials done" in done.stdout
+
+
+def test_a_killed_job_is_retried_and_resumes_from_its_checkpoint(local_sweep):
+    exp_dir, done, killed = local_sweep
+    assert len(killed) == 1, "the chaos thread found no job to kill"
+    name, ckpt = killed[0]
+    trial_dir = exp_dir / "trials" / name
+    status = json.loads((trial_dir / "status.json").read_text())
+    assert [a["job_status"] for a in status["attempts"]] == ["FAILED", "SUCCEEDED"]
+    resumed = status["attempts"][1]["resumed_from_step"]
+    assert resumed >= ckpt >= 1
+    # verl itself resumed: the retry's own log starts at the checkpoint, not at step 0
+    retry_steps = [r["step"] for r in _records(trial_dir / "attempts" / "2" / "metrics.jsonl")]
+    assert min(retry_steps) == resumed and max(retry_steps) == SWEEP_STEPS
+    # the trial's stream has every step exactly once: nothing lost, nothing repeated
+    steps = [r["step"] for r in _records(trial_dir / "metrics.jsonl")]
+    assert steps == list(range(SWEEP_STEPS + 1))
+
+
+def test_each_trial_streams_verl_and_project_metrics_at_the_right_steps(local_sweep):
+    exp_dir, _, _ = local_sweep
+    for trial_dir in sorted((exp_dir / "trials").iterdir()):
+        by_step = {r["step"]: r["data"] for r in _records(trial_dir / "metrics.jsonl")}
+        assert sorted(by_step) == list(range(SWEEP_STEPS + 1))
+        for step in range(1, SWEEP_STEPS + 1):
+            for key in ("actor/entropy", "critic/score/mean", "actor/pg_loss", "actor/maspo/gated_frac",
+                        "actor/maspo/sigma_pos", "actor/maspo/gate_mean"):
+                assert key in by_step[step], (trial_dir.name, step, key)
+        for step in range(0, SWEEP_STEPS + 1):  # test_freq 1: validation before training and after every step
+            for name, _ in tasks.BENCHMARKS:
+                for metric in ("mean@4", "pass@4", "best@4/mean"):
+                    assert f"val-core/local_{name}/acc/{metric}" in by_step[step], (step, name, metric)
+            assert 0.0 <= by_step[step]["val-core/average/acc/mean@4"] <= 1.0
+        trial = json.loads((trial_dir / "trial.json").read_text())
+        assert trial["trial"]["algorithm"] == "maspo" and "trainer.resume_mode=auto" in trial["entrypoint"]
+        runs = list((trial_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+        assert runs and all(r.stat().st_size > 0 for r in runs)
+
+
+def test_results_table_reads_what_the_trials_reported(local_sweep):
+    exp_dir, _, _ = local_sweep
+    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "results", "e2e", "--root", str(exp_dir.parent),
+                          "--json", str(exp_dir / "results.json")], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "COLUMNS": "200"})
+    assert out.returncode == 0, out.stderr
+    results = json.loads((exp_dir / "results.json").read_text())
+    assert [r["label"] for r in results["rows"]] == ["alpha=0.3 beta=0.03", "alpha=0.8 beta=0.03"]
+    for row, trial in zip(results["rows"], results["trials"]):
+        final = _records(exp_dir / "trials" / trial["name"] / "metrics.jsonl")[-1]["data"]
+        assert row["average_avg"] == pytest.approx(100 * final["val-core/average/acc/mean@4"], abs=1e-3)
+        assert f"{row['average_avg']:.1f}" in out.stdout
+    assert sum(t["attempts"] for t in results["trials"]) == 3 and results["total_gpu_hours"] > 0
+    assert "Avg@4 / Pass@4" in out.stdout and "MATH500" in out.stdout
+
+
+def test_no_wandb_key_in_any_file_the_project_wrote(local_sweep):
+    exp_dir, done, _ = local_sweep
+    secret = SECRET
+    assert secret not in done.stdout + done.stderr
+    for path in exp_dir.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
