@@ -395,7 +395,8 @@ def build_tuner(plan: ExperimentPlan, exp_dir: Path, callbacks=(), poll_s: float
     if plan.scheduler == "asha":
         scheduler = tune.schedulers.ASHAScheduler(
             time_attr="validations", metric="val_avg", mode="max", max_t=plan.validations,
-            grace_period=min(plan.grace_validations, plan.validations), reduction_factor=2)
+            grace_period=min(plan.grace_validations, plan.validations), reduction_factor=2,
+            stop_last_trials=False)  # a trial at its last validation ends with its job, not stopped by ASHA
     param_space = {
         "experiment_dir": str(exp_dir.resolve()),
         "trial": tune.grid_search([t.name for t in plan.trials]),

@@ -535,4 +535,5 @@ def test_local_page_of_the_real_trial(real_trial, tmp_path):
     # every training and validation panel has data, but the clip fraction MASPO's loss does not have
     assert page.count("no data") == page.count("no data: actor/pg_clipfrac") == 1
     image = screenshot(path, tmp_path / "real.png")
-    assert colour_pixels(image, PALETTE[0]) > 2000
+    # two settings, two colours: both groups' lines are drawn
+    assert colour_pixels(image, PALETTE[0]) > 500 and colour_pixels(image, PALETTE[1]) > 500
