@@ -168,12 +168,15 @@ SCALE_HELP = "Model scale of the a100 profile: 1.5b, 7b or 14b (picks Table 4's 
 
 
 def _launch(plan, *, dry_run: bool, address: Optional[str], root: Path, resume: bool = False) -> None:
-    from orchestrator.tune_runner import dry_run_lines, experiment_dir, load_plan, run_experiment, save_plan
+    from orchestrator.tune_runner import (check_ready, dry_run_lines, experiment_dir, load_plan, run_experiment,
+                                          save_plan)
 
     exp_dir = experiment_dir(plan.name, root)
     if dry_run:
         _print_dry_run(plan, dry_run_lines(plan))
         return
+    with user_errors():
+        check_ready(plan, address)  # a cluster and its data, before anything is written or started
     if resume:
         with user_errors():
             if not (exp_dir / "tune").exists():
@@ -192,7 +195,8 @@ def _launch(plan, *, dry_run: bool, address: Optional[str], root: Path, resume: 
     console.print(f"[bold]{plan.name}[/]: {len(plan.trials)} trial(s) of verl on the {plan.profile} profile, "
                   f"at most {plan.max_concurrent} at a time, {plan.steps} steps each"
                   f"{', resuming' if resume else ''}. Outputs: {exp_dir}")
-    code = run_experiment(plan, exp_dir, console, address=address, restore=resume)
+    with user_errors():
+        code = run_experiment(plan, exp_dir, console, address=address, restore=resume)
     _print_results(exp_dir)
     try:
         from orchestrator.local_dashboard import write_local_dashboard

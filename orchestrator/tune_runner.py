@@ -442,15 +442,20 @@ def run_experiment(plan: ExperimentPlan, exp_dir: Path, console, *, address: str
     else:
         cluster = None
     if plan.profile == "a100":
-        _check_a100_ready(plan, address)
+        check_ready(plan, address)
     if renderer is None:
         _prepare_shared_assets(plan, console)
     try:
         if cluster is not None:
             cluster.start()
             address = cluster.address
-        ray.init(address=address, log_to_driver=False, logging_level="ERROR",
-                 runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}} if cluster else None)
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR",
+                     runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}} if cluster else None)
+        except ConnectionError as err:
+            from orchestrator.algorithms import AlgorithmError
+
+            raise AlgorithmError(f"cannot reach the Ray cluster at {address}: {str(err).splitlines()[0]}") from None
         free = slots_available()
         if free < plan.slots_per_trial:
             from orchestrator.algorithms import AlgorithmError
@@ -469,8 +474,10 @@ def run_experiment(plan: ExperimentPlan, exp_dir: Path, console, *, address: str
             cluster.stop()
 
 
-def _check_a100_ready(plan: ExperimentPlan, address: str | None) -> None:
+def check_ready(plan: ExperimentPlan, address: str | None) -> None:
     """A cluster run needs a cluster and the prepared data; say so before anything starts."""
+    if plan.profile != "a100":
+        return
     from orchestrator.algorithms import AlgorithmError
     from orchestrator.scales import missing_data_files
 

@@ -78,13 +78,18 @@ def test_unknown_baseline_lists_the_valid_ones():
     (["sweep", "compare", "--dry-run"], "is a compare spec; use `maspo compare`"),
     (["compare", "-P", "train_batch_size=6", "--dry-run"], "must be a multiple of ppo_mini_batch_size"),
     (["compare", "-P", "bogus=1", "--dry-run"], "profile.bogus"),
+    (["compare", "--profile", "a100"], "the a100 profile runs on a Ray cluster"),
+    (["compare", "--profile", "a100", "--address", "127.0.0.1:1", "-P", "data_dir=/nonexistent"],
+     "data file(s) missing"),
+    (["compare", "--profile", "a100", "--cluster", "/nonexistent.yaml"], "cannot read the file"),
     (["results", "no-such-experiment"], "no experiment at"),
     (["resume", "no-such-experiment"], "no experiment at"),
 ])
 def test_bad_command_input_is_one_line_and_exit_2(args, message, tmp_path):
-    result = runner.invoke(app, [*args, *(["--root", str(tmp_path)] if args[0] in ("results", "resume") else [])])
+    result = runner.invoke(app, [*args, "--root", str(tmp_path)])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+    assert not any(tmp_path.iterdir())  # nothing written, nothing launched
 
 
 def test_dry_run_prints_each_trials_verl_command_and_table_4_values(tmp_path):
