@@ -317,6 +317,9 @@ def detect_validation(exp_dir: Path, k: int | None = None, sources: list[str] | 
         names = {p.get("name") for p in profiles}
         found_k = found_k or next((p.get("val_n") for p in profiles if p.get("val_n")), None)
         found_sources = LOCAL_SOURCES if "local" in names else CLUSTER_SOURCES if "a100" in names else []
+    # verl logs the sets in no fixed order: show them in the benchmarks' own order (easiest first locally)
+    canonical = [*LOCAL_SOURCES, *CLUSTER_SOURCES]
+    found_sources = sorted(found_sources, key=lambda s: (canonical.index(s) if s in canonical else len(canonical), s))
     k, sources = k or found_k, list(sources or found_sources)
     if not k or not sources:
         raise DashboardError(f"cannot tell the validation sets of {exp_dir} yet (no validation logged); "
