@@ -130,7 +130,7 @@ def run_command(
     beta: Optional[float] = typer.Option(None, help="MASPO's beta: sets beta_low and beta_high."),
     hp: list[str] = typer.Option([], "--set", "-s", help="Any hyperparameter NAME=VALUE (repeatable)."),
     profile: str = typer.Option("local", help="Where to run: `local` (this machine, CPU)."),
-    steps: int = typer.Option(12, help="Training steps."),
+    steps: Optional[int] = typer.Option(None, help="Training steps (default: the profile's)."),
     seed: int = typer.Option(0, help="Seed of data order, sampling and the actor."),
     name: Optional[str] = typer.Option(None, help="Trial name (default: from algorithm, hyperparameters, seed)."),
     out: Optional[Path] = typer.Option(None, help="Output directory (default: runs/<name>)."),
@@ -153,7 +153,7 @@ def run_command(
             raise AlgorithmError(f"maspo run uses the local profile; on a cluster use `maspo compare` or "
                                  f"`maspo sweep` with --profile {profile}")
         trial = trial_config(algorithm, values, seed=seed,
-                             profile={"steps": steps, "model_path": model_path,
+                             profile={"model_path": model_path, **({"steps": steps} if steps is not None else {}),
                                       **({"lr": lr} if lr is not None else {})})
     name = name or trial.default_name()
     out_dir = out or Path("runs") / name
