@@ -38,8 +38,13 @@ def bare(trial, assets, out_dir: Path) -> float:
     overrides += get(trial.algorithm).verl_overrides(trial.params)
     env = {**os.environ, **cpu_trainer_env(out_dir), "WANDB_MODE": "disabled"}
     started = time.monotonic()
-    subprocess.run([sys.executable, "-m", "verl.trainer.main_ppo", *overrides], env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "bare.log", "w") as log:
+        code = subprocess.run([sys.executable, "-m", "verl.trainer.main_ppo", *overrides], env=env,
+                              stdout=log, stderr=subprocess.STDOUT).returncode
+    if code:
+        raise SystemExit(f"the bare verl run failed ({code}):\n" + "\n".join(
+            (out_dir / "bare.log").read_text().splitlines()[-15:]))
     return time.monotonic() - started
 
 

@@ -47,6 +47,11 @@ def test_a_killed_job_is_retried_and_resumes_from_its_checkpoint(local_sweep):
     # the trial's stream has every step exactly once: nothing lost, nothing repeated
     steps = [r["step"] for r in _records(trial_dir / "metrics.jsonl")]
     assert steps == list(range(SWEEP_STEPS + 1))
+    # the retry continues the same W&B run: both attempts' offline runs carry one run id
+    from orchestrator.tracking import find_offline_runs, read_offline_run
+
+    runs = [read_offline_run(r) for r in find_offline_runs(trial_dir)]
+    assert len(runs) == 2 and runs[0].run_id == runs[1].run_id and runs[0].group == "e2e"
 
 
 def test_each_trial_streams_verl_and_project_metrics_at_the_right_steps(local_sweep):
