@@ -222,3 +222,22 @@ def test_resume_point_skips_a_checkpoint_whose_step_was_never_logged(tmp_path):
     tracker.write_text("1")
     assert resume_point(ckpt, {0}) == 0 and not tracker.exists()  # nothing usable: start over
     assert resume_point(tmp_path / "none", set()) == 0
+
+
+def test_worker_start_warnings_are_dropped_from_the_driver_console(capsys):
+    import ray._private.worker as ray_worker
+
+    from orchestrator.tune_runner import _quiet_worker_start_warnings
+
+    original = ray_worker.print_to_stdstream
+    try:
+        _quiet_worker_start_warnings()
+        _quiet_worker_start_warnings()  # idempotent
+        emit = ray_worker.print_to_stdstream
+        emit({"lines": ["WARNING: 8 PYTHON worker processes have been started on node: x"], "pid": "raylet",
+              "is_err": False}, ignore_prefix=False)
+        emit({"lines": ["a real error from the raylet"], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    finally:
+        ray_worker.print_to_stdstream = original
+    out = capsys.readouterr().out
+    assert "a real error from the raylet" in out and "PYTHON worker processes" not in out
