@@ -1,13 +1,10 @@
-"""The hf rollout samples deterministically, whatever the batching.
+"""The hf rollout samples deterministically, whatever the batching and the arrival order.
 
-Every request samples from its own generator, seeded from (run seed, weight version, replica, prompt ids,
-occurrence index of the prompt), so the collection window's timing (which requests share a batch, in which
-order) does not change what a request samples: each prompt gets the same multiset of samples in every run.
-
-The end-to-end check (``maspo run`` twice with one seed, the first step's metrics compared) is skipped: a
-one-step trial takes ~2.3-2.9 min here, and the local profile's ``actor/pg_loss`` still differs between runs
-(see its skip reason). Done by hand, score/mean and response_length/mean were equal and actor/entropy within
-1.5e-8; with one mini-batch per step pg_loss agreed to 7e-10.
+Every request samples from its own generator, seeded from (run seed, weight version, replica, prompt ids, the
+session's sample key, occurrence index), so the collection window's timing (which requests share a batch, in
+which order) does not change what a request samples, and with sample keys (what the agent loop hook sends)
+session s of a prompt gets the same sample in every run. The end-to-end check (a tiny trial twice, every
+metric of the first step compared) is ``tests/test_local_determinism.py``.
 """
 
 from __future__ import annotations
@@ -21,7 +18,6 @@ from orchestrator.local.tiny_model import build_tiny_model
 from orchestrator.verl_bridge.hf_rollout import _Request, request_generator, request_seed, sample_batch
 
 EOS, PAD = 258, 256
-STEP1_KEYS = ("critic/score/mean", "actor/entropy", "actor/pg_loss", "response_length/mean")
 
 
 @pytest.fixture(scope="module")
@@ -93,12 +89,11 @@ def test_another_seed_gives_other_samples(model):
     assert first[greedy][0] == other[greedy][0]  # temperature 0 stays greedy whatever the seed
 
 
-def test_server_counts_occurrences_per_weight_version(model):
-    """The server's own bookkeeping: k-th request with the same prompt since the last weight version gets index k,
-    whatever the batches; a new weight version starts counting again (and has its own streams)."""
+def make_server(model):
+    """The server's own fields that generate() uses, without Ray or verl's config."""
     from orchestrator.verl_bridge import hf_rollout
 
-    server = object.__new__(hf_rollout.HFRolloutServer)  # no Ray, no verl config: the fields generate() uses
+    server = object.__new__(hf_rollout.HFRolloutServer)
     server.model, server.stop_ids, server.pad_id, server.seed = model, [EOS, PAD], PAD, 0
     server.replica_rank, server.global_steps, server.max_batch_size = 0, 0, 4
     server.threads = torch.get_num_threads()
@@ -106,6 +101,32 @@ def test_server_counts_occurrences_per_weight_version(model):
     server._queue, server._arrived, server._batcher, server._lock, server._occurrences = [], None, None, None, {}
     server._max_tokens = lambda prompt_len, params: 12
     server._log = lambda message: None
+    return server
+
+
+def test_sessions_get_their_own_samples_whatever_the_arrival_order(model):
+    """With the agent loop's sample keys, session s of a prompt gets the same sample in any arrival order."""
+    from orchestrator.verl_bridge.hf_rollout import SAMPLE_KEY
+
+    prompt = [5, 6, 7]
+    sessions = [f"train|local_train|3|{s}" for s in range(6)]
+
+    async def run(order):
+        server = make_server(model)
+        params = [{"temperature": 1.0, "top_p": 1.0, "top_k": -1, SAMPLE_KEY: sessions[i]} for i in order]
+        outputs = await asyncio.gather(*[server.generate(prompt, p, f"r{i}") for i, p in zip(order, params)])
+        return {i: out.token_ids for i, out in zip(order, outputs)}
+
+    first = asyncio.run(run(range(6)))
+    again = asyncio.run(run([3, 5, 0, 4, 1, 2]))
+    assert first == again
+    assert len({tuple(tokens) for tokens in first.values()}) > 1  # sessions are different samples
+
+
+def test_server_counts_occurrences_per_weight_version(model):
+    """The server's own bookkeeping: k-th request with the same prompt since the last weight version gets index k,
+    whatever the batches; a new weight version starts counting again (and has its own streams)."""
+    server = make_server(model)
     prompts = [[5, 6, 7], [8, 9, 10, 11], [5, 6, 7], [5, 6, 7], [8, 9, 10, 11]]
 
     async def run(order, version):

@@ -16,13 +16,16 @@ The server (``HFRolloutServer``):
   single batcher task collects them (it waits until no new request arrived for ``BATCH_GAP_S``, at most
   ``BATCH_WINDOW_S``, at most ``max_num_seqs`` requests) and generates the batch in one KV-cached sampling loop
   in a worker thread, so the event loop keeps queueing the next batch meanwhile;
-- sampling is deterministic whatever the batching: every request samples from its own ``torch.Generator``,
-  seeded (``request_seed``) from the run's seed (``rollout.seed``, or a ``seed`` in the sampling params), the
-  weight version, the replica, the prompt ids and the request's occurrence index: the k-th request with these
-  prompt ids since the weights last changed gets index k. Which batch a request lands in (timing) no longer
-  changes what it samples (up to the last bits of its log-probs: the batch's shape changes the matmuls). The
-  requests of one prompt are indistinguishable here, so when they arrive in another order the same samples go
-  to other sessions of the group: each prompt gets the same multiset of samples, not the same order;
+- sampling is deterministic whatever the batching and the arrival order: every request samples from its own
+  ``torch.Generator``, seeded (``request_seed``) from the run's seed (``rollout.seed``, or a ``seed`` in the
+  sampling params), the weight version, the replica, the prompt ids, the request's *sample key* and its
+  occurrence index (the k-th request with these prompt ids and sample key since the weights last changed gets
+  index k). The sample key names the session: the agent loop hook (``register()`` installs it in the agent-loop
+  worker) puts ``"<train|val>|<data_source>|<dataset index>|<session_id>"`` into the sampling params
+  (``SAMPLE_KEY``), so session s of a prompt gets the same sample in every run, whichever request arrives first
+  and whichever batch it lands in (up to the last bits of its log-probs: the batch's shape changes the
+  matmuls). Without a sample key (another caller) the requests of one prompt are indistinguishable, and each
+  prompt gets the same multiset of samples, not the same order;
 - the sampling loop: left-padded prompts, explicit position ids, per-request temperature / top-k / top-p /
   max_tokens (``temperature <= 0`` is greedy), stop at any eos/pad id of the model (the stop token is returned,
   as vLLM does), finished rows dropped from the batch and its KV cache. The log-prob returned per token is
@@ -39,23 +42,30 @@ shards, a collective), and rank 0 of each replica sends the tensors to its serve
 a line ``[hf_rollout] weights <fingerprint> ...`` (and each batch a throughput line) to the run's output.
 
 The model is loaded with ``AutoModelForCausalLM`` from the actor's checkpoint in ``rollout.dtype`` (sdpa
-attention). Threads: ``MASPO_HF_ROLLOUT_THREADS``, default what Ray gives the actor (``OMP_NUM_THREADS``, 1): on a
+attention). The server process never imports verl (``import verl`` costs 6-9 s of CPU per process on the
+local machine, on the start-up's critical path): the replica hands it plain settings (``server_settings``), and
+its replies (``HFTokenOutput``) become verl's ``TokenOutput`` when the agent loop unpickles them. For the same
+reason this module imports verl only inside functions; ``HFReplica`` and ``HFServerAdapter`` (subclasses of
+verl's classes) are created on first access. Threads: ``MASPO_HF_ROLLOUT_THREADS``, default what Ray gives the actor (``OMP_NUM_THREADS``, 1): on a
 small model and a busy 2-core machine, 2 OpenMP threads were 10-40x slower than 1 (spinning threads contend).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from verl.workers.rollout.base import BaseRollout
-from verl.workers.rollout.replica import RolloutReplica
+from orchestrator.verl_bridge.patching import after_import
 
 NAME = "hf"
+SAMPLE_KEY = "maspo_sample_key"  # in the sampling params: which session of which prompt a request is
+AGENT_LOOP_MODULE = "verl.experimental.agent_loop.agent_loop"
+_HOOKED = "_maspo_hf_sample_key"
 BATCH_GAP_S = 0.05  # a batch closes once no request arrived for this long ...
 BATCH_WINDOW_S = 0.5  # ... or this long after its first request
 
@@ -64,12 +74,47 @@ _DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp
 
 
 def register() -> None:
-    """Add the "hf" rollout to verl's replica and server-adapter registries (idempotent)."""
-    from verl.workers.rollout import base
-    from verl.workers.rollout.replica import RolloutReplicaRegistry
+    """Add the "hf" rollout to verl's replica and server-adapter registries, and the agent loop's sample keys
+    (idempotent)."""
+    after_import("verl.workers.rollout.base", _register_adapter)  # when verl imports them, not before:
+    after_import("verl.workers.rollout.replica", _register_replica)  # a process that never rolls out saves ~1 s
+    after_import(AGENT_LOOP_MODULE, _patch_agent_loop)
 
+
+def _register_adapter(base) -> None:
     base._ROLLOUT_REGISTRY[(NAME, "async")] = f"{__name__}.HFServerAdapter"
-    RolloutReplicaRegistry.register(NAME, lambda: HFReplica)
+
+
+def _register_replica(replica) -> None:
+    replica.RolloutReplicaRegistry.register(NAME, lambda: _verl_classes()["HFReplica"])
+
+
+def sample_key(trajectory: dict, kwargs: dict) -> str:
+    """What names one session of one prompt, the same in every run: split, data source, dataset index, session."""
+    validate = bool(trajectory.get("validate", False))
+    session = kwargs.get("session_id", trajectory.get("rollout_n", 0))  # v1 (TransferQueue) / v0 agent loop
+    index = kwargs.get("index", trajectory.get("sample_index", 0))
+    return f"{'val' if validate else 'train'}|{kwargs.get('data_source', '')}|{index}|{session}"
+
+
+def wrap_run_agent_loop(original):
+    """``AgentLoopWorker._run_agent_loop`` with the session's sample key in the sampling params (rollout hf only)."""
+    if getattr(original, _HOOKED, False):
+        return original
+
+    @functools.wraps(original)
+    async def _run_agent_loop(self, sampling_params, trajectory, *args, **kwargs):
+        if getattr(self.rollout_config, "name", None) == NAME:
+            sampling_params = {**sampling_params, SAMPLE_KEY: sample_key(trajectory, kwargs)}
+        return await original(self, sampling_params, trajectory, *args, **kwargs)
+
+    setattr(_run_agent_loop, _HOOKED, True)
+    return _run_agent_loop
+
+
+def _patch_agent_loop(module) -> None:
+    cls = module.AgentLoopWorker
+    cls._run_agent_loop = wrap_run_agent_loop(cls._run_agent_loop)
 
 
 def server_name(replica_rank: int, suffix: str = "") -> str:
@@ -90,17 +135,21 @@ class _Request:
     generator: Any = field(default=None, repr=False)  # this request's own torch.Generator (None: the batch's)
 
 
-def request_seed(seed: int, prompt_ids, index: int, version: int = 0, replica_rank: int = 0) -> int:
+def request_seed(seed: int, prompt_ids, index: int, version: int = 0, replica_rank: int = 0,
+                 sample_key: str | None = None) -> int:
     """A 63-bit seed from a stable key (independent of the process's hash salt, of timing and of batching)."""
-    key = repr((int(seed), int(version), int(replica_rank), int(index), tuple(int(t) for t in prompt_ids)))
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") >> 1
+    key = (int(seed), int(version), int(replica_rank), int(index), tuple(int(t) for t in prompt_ids))
+    if sample_key is not None:
+        key += (str(sample_key),)
+    return int.from_bytes(hashlib.sha256(repr(key).encode()).digest()[:8], "little") >> 1
 
 
-def request_generator(seed: int, prompt_ids, index: int, version: int = 0, replica_rank: int = 0):
+def request_generator(seed: int, prompt_ids, index: int, version: int = 0, replica_rank: int = 0,
+                      sample_key: str | None = None):
     """The ``torch.Generator`` one request samples all its tokens from (see ``request_seed``)."""
     import torch
 
-    return torch.Generator().manual_seed(request_seed(seed, prompt_ids, index, version, replica_rank))
+    return torch.Generator().manual_seed(request_seed(seed, prompt_ids, index, version, replica_rank, sample_key))
 
 
 def sample_batch(model, requests: list[_Request], stop_ids: list[int], pad_id: int, generator=None):
@@ -215,38 +264,81 @@ def weights_fingerprint(model, samples_per_tensor: int = 4096) -> str:
 # ----------------------------------------------------------------------------------------------- server
 
 
-class HFRolloutServer:
-    """The Ray actor verl's agent loop sends requests to (see the module docstring)."""
+def server_settings(config, model_config) -> dict:
+    """What the server needs from verl's rollout and model configs, as plain values (the server imports no verl).
 
-    def __init__(self, config, model_config, replica_rank: int = 0):
+    Runs where verl is loaded (the replica's process); stop ids are every eos id of the model's config, its
+    generation config and its tokenizer; the pad id the config's, else the tokenizer's, else the first stop id."""
+    from verl.utils.config import omega_conf_to_dataclass
+    from verl.workers.config import HFModelConfig
+
+    config = omega_conf_to_dataclass(config)
+    model_config = omega_conf_to_dataclass(model_config, dataclass_type=HFModelConfig)
+    hf_config, tokenizer = model_config.hf_config, model_config.tokenizer
+    stop = set()
+    for source in (hf_config.eos_token_id, getattr(model_config.generation_config, "eos_token_id", None),
+                   getattr(tokenizer, "eos_token_id", None)):
+        stop.update(source if isinstance(source, (list, tuple)) else [source] if source is not None else [])
+    pad = hf_config.pad_token_id if hf_config.pad_token_id is not None else getattr(tokenizer, "pad_token_id", None)
+    stop_ids = sorted(int(t) for t in stop)
+    return {
+        "model_path": str(model_config.local_path),
+        "trust_remote_code": bool(model_config.trust_remote_code),
+        "dtype": _DTYPES.get(str(config.dtype).lower(), "float32"),
+        "prompt_length": int(config.prompt_length),
+        "response_length": int(config.response_length),
+        "max_model_len": int(config.max_model_len) if config.max_model_len else None,
+        "max_num_seqs": max(1, int(config.max_num_seqs)),
+        "seed": int(getattr(config, "seed", 0) or 0),  # actor_rollout_ref.rollout.seed
+        "stop_ids": stop_ids,
+        "pad_id": int(pad) if pad is not None else stop_ids[0],
+    }
+
+
+def _verl_token_output(fields: dict):
+    from verl.workers.rollout.replica import TokenOutput
+
+    return TokenOutput(**fields)
+
+
+class HFTokenOutput:
+    """The server's reply: the fields of verl's ``TokenOutput``, which it becomes when unpickled (in the agent
+    loop's process, where verl is loaded), so the server process needs no verl."""
+
+    __slots__ = ("token_ids", "log_probs", "stop_reason", "num_preempted", "extra_fields")
+
+    def __init__(self, token_ids, log_probs, stop_reason, num_preempted, extra_fields):
+        self.token_ids, self.log_probs, self.stop_reason = token_ids, log_probs, stop_reason
+        self.num_preempted, self.extra_fields = num_preempted, extra_fields
+
+    def fields(self) -> dict:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __reduce__(self):
+        return _verl_token_output, (self.fields(),)
+
+
+class HFRolloutServer:
+    """The Ray actor verl's agent loop sends requests to (see the module docstring); ``settings`` are
+    ``server_settings(rollout_config, model_config)``."""
+
+    def __init__(self, settings: dict, replica_rank: int = 0):
         import torch
         from transformers import AutoModelForCausalLM
 
-        from verl.utils.config import omega_conf_to_dataclass
-        from verl.workers.config import HFModelConfig
-
-        self.config = omega_conf_to_dataclass(config)
-        self.model_config = omega_conf_to_dataclass(model_config, dataclass_type=HFModelConfig)
+        self.settings = dict(settings)
         self.replica_rank = replica_rank
         self.threads = int(os.environ.get("MASPO_HF_ROLLOUT_THREADS") or torch.get_num_threads())
-        dtype = getattr(torch, _DTYPES.get(str(self.config.dtype).lower(), "float32"))
+        dtype = getattr(torch, settings["dtype"])
         self.model = AutoModelForCausalLM.from_pretrained(
-            self.model_config.local_path, dtype=dtype, attn_implementation="sdpa",
-            trust_remote_code=self.model_config.trust_remote_code,
+            settings["model_path"], dtype=dtype, attn_implementation="sdpa",
+            trust_remote_code=settings["trust_remote_code"],
         ).eval()
-
-        hf_config, tokenizer = self.model_config.hf_config, self.model_config.tokenizer
-        stop = set()
-        for source in (hf_config.eos_token_id, getattr(self.model_config.generation_config, "eos_token_id", None),
-                       getattr(tokenizer, "eos_token_id", None)):
-            stop.update(source if isinstance(source, (list, tuple)) else [source] if source is not None else [])
-        self.stop_ids = sorted(stop)
-        pad = hf_config.pad_token_id if hf_config.pad_token_id is not None else getattr(tokenizer, "pad_token_id", None)
-        self.pad_id = pad if pad is not None else self.stop_ids[0]
-        self.max_batch_size = max(1, int(self.config.max_num_seqs))
-        self.seed = int(getattr(self.config, "seed", 0) or 0)  # actor_rollout_ref.rollout.seed
+        self.stop_ids, self.pad_id = list(settings["stop_ids"]), settings["pad_id"]
+        self.max_batch_size = settings["max_num_seqs"]
+        self.seed = settings["seed"]
         self.global_steps = 0
-        self._occurrences: dict[tuple[int, ...], int] = {}  # prompt ids -> requests seen at this weight version
+        self._occurrences: dict[tuple, int] = {}  # (prompt ids, sample key) -> requests seen at this weight version
         self.batch_sizes: list[int] = []
         self.generated_tokens = 0
         self.generate_seconds = 0.0
@@ -254,11 +346,12 @@ class HFRolloutServer:
         self._arrived: asyncio.Event | None = None
         self._batcher: asyncio.Task | None = None
         self._lock: asyncio.Lock | None = None
-        self._log(f"loaded {self.model_config.local_path} ({dtype}), stop ids {self.stop_ids}, "
+        self._log(f"loaded {settings['model_path']} ({dtype}), stop ids {self.stop_ids}, "
                   f"weights {weights_fingerprint(self.model)}")
 
     def _log(self, message: str) -> None:
-        print(f"[hf_rollout] replica {self.replica_rank}: {message}", flush=True)
+        stamp = time.strftime("%H:%M:%S", time.localtime()) + f".{int(time.time() * 1000) % 1000:03d}"
+        print(f"[hf_rollout] replica {self.replica_rank}: {message} (at {stamp})", flush=True)
 
     def _ensure_started(self) -> None:
         if self._batcher is None:  # created lazily: the actor's event loop runs only after __init__
@@ -266,10 +359,10 @@ class HFRolloutServer:
             self._batcher = asyncio.get_running_loop().create_task(self._batch_loop())
 
     def _max_tokens(self, prompt_len: int, sampling_params: dict) -> int:
-        budget = min(self.config.response_length,
-                     self.config.prompt_length + self.config.response_length - prompt_len)
-        if self.config.max_model_len:
-            budget = min(budget, self.config.max_model_len - prompt_len)
+        s = self.settings
+        budget = min(s["response_length"], s["prompt_length"] + s["response_length"] - prompt_len)
+        if s["max_model_len"]:
+            budget = min(budget, s["max_model_len"] - prompt_len)
         for key in ("max_tokens", "max_new_tokens"):
             if sampling_params.get(key) is not None:
                 budget = min(budget, int(sampling_params[key]))
@@ -277,15 +370,14 @@ class HFRolloutServer:
 
     async def generate(self, prompt_ids, sampling_params: dict[str, Any], request_id: str, image_data=None,
                        video_data=None, **kwargs):
-        from verl.workers.rollout.replica import TokenOutput
-
         if image_data or video_data or kwargs.get("audio_data"):
             raise NotImplementedError("the hf rollout is text-only")
         if sampling_params.get("repetition_penalty", 1.0) not in (None, 1.0):
             raise NotImplementedError("the hf rollout has no repetition penalty")
         self._ensure_started()
         prompt_ids = [int(t) for t in prompt_ids]
-        key = tuple(prompt_ids)
+        session = sampling_params.get(SAMPLE_KEY)
+        key = (tuple(prompt_ids), session)
         index = self._occurrences.get(key, 0)
         self._occurrences[key] = index + 1
         seed = self.seed if sampling_params.get("seed") is None else int(sampling_params["seed"])
@@ -296,14 +388,14 @@ class HFRolloutServer:
             top_k=int(sampling_params.get("top_k", -1) or -1),
             top_p=float(sampling_params.get("top_p", 1.0)),
             future=asyncio.get_running_loop().create_future(),
-            generator=request_generator(seed, prompt_ids, index, self.global_steps, self.replica_rank),
+            generator=request_generator(seed, prompt_ids, index, self.global_steps, self.replica_rank, session),
         )
         self._queue.append(request)
         self._arrived.set()
         token_ids, log_probs = await request.future
         stop_reason = "completed" if token_ids and token_ids[-1] in self.stop_ids else "length"
-        return TokenOutput(token_ids=token_ids, log_probs=log_probs, stop_reason=stop_reason, num_preempted=0,
-                           extra_fields={"global_steps": self.global_steps})
+        return HFTokenOutput(token_ids=token_ids, log_probs=log_probs, stop_reason=stop_reason, num_preempted=0,
+                             extra_fields={"global_steps": self.global_steps})
 
     async def _batch_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -376,75 +468,92 @@ class HFRolloutServer:
 # ------------------------------------------------------------------------------------ replica and adapter
 
 
-class HFReplica(RolloutReplica):
-    """One ``HFRolloutServer`` actor per replica, pinned to the node of the replica's first worker."""
+@functools.cache
+def _verl_classes() -> dict[str, type]:
+    """``HFReplica`` and ``HFServerAdapter``: subclasses of verl's, so created (importing verl) on first use."""
+    from verl.workers.rollout.base import BaseRollout
+    from verl.workers.rollout.replica import RolloutReplica
 
-    async def launch_servers(self):
-        import ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    class HFReplica(RolloutReplica):
+        """One ``HFRolloutServer`` actor per replica, pinned to the node of the replica's first worker."""
 
-        if self.workers:
-            node_id = await self.workers[0].__ray_call__.remote(lambda worker: ray.get_runtime_context().get_node_id())
-        else:
-            node_id = ray.get_runtime_context().get_node_id()
-        name = server_name(self.replica_rank, self.name_suffix)
-        server = ray.remote(HFRolloutServer).options(
-            name=name,
-            num_cpus=0,  # generation and training take turns on the same cores
-            max_concurrency=self.max_concurrency,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
-        ).remote(config=self.config, model_config=self.model_config, replica_rank=self.replica_rank)
-        await server.stats.remote()  # returns once the model is loaded
-        self.servers = [server]
-        self._server_handle = server
-        self._server_address = f"{NAME}://{name}"  # a key for verl's load balancer, not an HTTP address
+        async def launch_servers(self):
+            import ray
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            if self.workers:
+                node_id = await self.workers[0].__ray_call__.remote(
+                    lambda worker: ray.get_runtime_context().get_node_id())
+            else:
+                node_id = ray.get_runtime_context().get_node_id()
+            name = server_name(self.replica_rank, self.name_suffix)
+            server = ray.remote(HFRolloutServer).options(
+                name=name,
+                num_cpus=0,  # generation and training take turns on the same cores
+                max_concurrency=self.max_concurrency,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
+            ).remote(settings=server_settings(self.config, self.model_config), replica_rank=self.replica_rank)
+            await server.stats.remote()  # returns once the model is loaded
+            self.servers = [server]
+            self._server_handle = server
+            self._server_address = f"{NAME}://{name}"  # a key for verl's load balancer, not an HTTP address
+
+    class HFServerAdapter(BaseRollout):
+        """The rollout side of the hybrid actor worker: forwards weight updates to this replica's server."""
+
+        def __init__(self, config, model_config, device_mesh, replica_rank: int = -1):
+            super().__init__(config, model_config, device_mesh)
+            rank = int(os.environ.get("RANK", "0"))
+            world = (self.config.tensor_model_parallel_size * self.config.data_parallel_size
+                     * self.config.pipeline_model_parallel_size)
+            self.replica_rank = rank // world if replica_rank == -1 else replica_rank
+            self.is_leader = rank % world == 0
+            self._server = None
+
+        def _server_handle(self):
+            import ray
+
+            if self._server is None:
+                self._server = ray.get_actor(server_name(self.replica_rank))
+            return self._server
+
+        async def resume(self, tags: list[str]):
+            return None
+
+        async def release(self):
+            return None
+
+        async def update_weights(self, weights, global_steps: int | None = None, wire_format: str = "named_tensors",
+                                 **kwargs):
+            """Send verl's ``(name, tensor)`` stream to the server in buckets; every rank must drain the stream."""
+            from verl.workers.rollout.utils import ensure_async_iterator
+
+            if wire_format != "named_tensors":
+                raise NotImplementedError(f"the hf rollout takes full named tensors, not {wire_format!r}")
+            if kwargs.get("peft_config") is not None:
+                raise NotImplementedError("the hf rollout does not take LoRA adapters (set model.lora.merge=True)")
+            bucket_limit = int(self.config.checkpoint_engine.update_weights_bucket_megabytes) << 20
+            bucket, bucket_bytes, sent = {}, 0, 0
+            async for name, tensor in ensure_async_iterator(weights):  # the engine gathers each full tensor
+                if not self.is_leader:
+                    continue
+                bucket[name] = tensor = tensor.detach().to("cpu")
+                bucket_bytes += tensor.numel() * tensor.element_size()
+                if bucket_bytes >= bucket_limit:
+                    sent += await self._server_handle().load_weights.remote(bucket)
+                    bucket, bucket_bytes = {}, 0
+            if self.is_leader:
+                if bucket:
+                    sent += await self._server_handle().load_weights.remote(bucket)
+                await self._server_handle().set_global_steps.remote(global_steps, sent)
+
+    classes = {"HFReplica": HFReplica, "HFServerAdapter": HFServerAdapter}
+    for name, cls in classes.items():  # picklable by reference: module.__getattr__ resolves the name
+        cls.__module__, cls.__qualname__ = __name__, name
+    return classes
 
 
-class HFServerAdapter(BaseRollout):
-    """The rollout side of the hybrid actor worker: forwards weight updates to this replica's server."""
-
-    def __init__(self, config, model_config, device_mesh, replica_rank: int = -1):
-        super().__init__(config, model_config, device_mesh)
-        rank = int(os.environ.get("RANK", "0"))
-        world = (self.config.tensor_model_parallel_size * self.config.data_parallel_size
-                 * self.config.pipeline_model_parallel_size)
-        self.replica_rank = rank // world if replica_rank == -1 else replica_rank
-        self.is_leader = rank % world == 0
-        self._server = None
-
-    def _server_handle(self):
-        import ray
-
-        if self._server is None:
-            self._server = ray.get_actor(server_name(self.replica_rank))
-        return self._server
-
-    async def resume(self, tags: list[str]):
-        return None
-
-    async def release(self):
-        return None
-
-    async def update_weights(self, weights, global_steps: int | None = None, wire_format: str = "named_tensors",
-                             **kwargs):
-        """Send verl's ``(name, tensor)`` stream to the server in buckets; every rank must drain the stream."""
-        from verl.workers.rollout.utils import ensure_async_iterator
-
-        if wire_format != "named_tensors":
-            raise NotImplementedError(f"the hf rollout takes full named tensors, not {wire_format!r}")
-        if kwargs.get("peft_config") is not None:
-            raise NotImplementedError("the hf rollout does not take LoRA adapters (set model.lora.merge=True)")
-        bucket_limit = int(self.config.checkpoint_engine.update_weights_bucket_megabytes) << 20
-        bucket, bucket_bytes, sent = {}, 0, 0
-        async for name, tensor in ensure_async_iterator(weights):  # the engine gathers each full tensor
-            if not self.is_leader:
-                continue
-            bucket[name] = tensor = tensor.detach().to("cpu")
-            bucket_bytes += tensor.numel() * tensor.element_size()
-            if bucket_bytes >= bucket_limit:
-                sent += await self._server_handle().load_weights.remote(bucket)
-                bucket, bucket_bytes = {}, 0
-        if self.is_leader:
-            if bucket:
-                sent += await self._server_handle().load_weights.remote(bucket)
-            await self._server_handle().set_global_steps.remote(global_steps, sent)
+def __getattr__(name: str):
+    if name in ("HFReplica", "HFServerAdapter"):
+        return _verl_classes()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

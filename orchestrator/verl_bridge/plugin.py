@@ -13,9 +13,11 @@ cpu.activate_if_requested()  # inert unless VERL_PLATFORM=cpu (the local profile
 from orchestrator.algorithms import losses as _losses  # noqa: E402,F401  (registers the losses)
 from orchestrator.verl_bridge import actor_hooks, validation_hooks  # noqa: E402
 from orchestrator.verl_bridge import wandb_hooks  # noqa: E402
+from orchestrator.verl_bridge import batch_order  # noqa: E402
 from orchestrator.verl_bridge import tq_namespace  # noqa: E402
 
 actor_hooks.install()
 validation_hooks.install()
 wandb_hooks.install()
+batch_order.install()
 tq_namespace.install()
