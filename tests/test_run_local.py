@@ -37,3 +37,28 @@ def test_bad_input_stops_before_ray_with_one_line_and_exit_2(tmp_path, args, mes
     assert "Traceback" not in out.stderr + out.stdout
     assert not (tmp_path / "runs").exists()
     assert set(glob.glob("/tmp/maspo-ray-*")) == before  # no Ray was started
+
+
+def test_checking_a_users_input_imports_neither_torch_nor_verl():
+    """Specs, names and hyperparameters are checked without torch, verl or Ray (each costs seconds of start-up on
+    the critical path of every command, and of every mistake's one-line answer)."""
+    code = """
+import sys
+from orchestrator import cli, experiment_spec, runner, specs, tune_runner
+from orchestrator.experiment_spec import load_spec
+from orchestrator.specs import trial_config
+trial = trial_config("maspo", {"alpha": 0.3, "beta": 0.03}, seed=1)
+spec = load_spec("sweeps/alpha-beta.yaml")
+heavy = sorted(m for m in ("torch", "verl", "ray", "transformers", "wandb") if m in sys.modules)
+assert not heavy, heavy
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1], timeout=120)
+
+
+def test_the_policy_loss_target_names_the_config_class():
+    import hydra.utils
+
+    from orchestrator.algorithms.config import MaspoPolicyLossConfig
+    from orchestrator.algorithms.registry import TARGET
+
+    assert hydra.utils.get_class(TARGET) is MaspoPolicyLossConfig

@@ -15,13 +15,16 @@ takes ``entropy=`` (per-token entropy of the current policy); ``entropy_reg`` su
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from orchestrator.algorithms import losses  # noqa: F401  (registers the losses in verl's registry)
-from orchestrator.algorithms.context import token_entropy
 from orchestrator.algorithms.registry import ALGORITHMS, Algorithm, AlgorithmError, get
+
+if TYPE_CHECKING:
+    import torch
+
+# Names, hyperparameters and verl overrides (``registry``) need neither torch nor verl, so the CLI validates a
+# user's input in well under a second; the losses (``losses``, which imports verl) are registered in verl's
+# registry by the plugin in every verl process, and here by ``compute`` and ``register_with_verl``.
 
 __all__ = ["ALGORITHMS", "Algorithm", "AlgorithmError", "compute", "get", "names", "register_with_verl", "actor_config"]
 
@@ -33,6 +36,8 @@ def names() -> list[str]:
 def register_with_verl() -> None:
     """Make sure every algorithm's verl loss is in verl's registry (importing ``losses`` registers them)."""
     from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY
+
+    from orchestrator.algorithms import losses  # noqa: F401
 
     missing = [a.verl_loss for a in ALGORITHMS.values() if a.verl_loss not in POLICY_LOSS_REGISTRY]
     if missing:  # pragma: no cover - would mean verl dropped one of its own losses
@@ -69,6 +74,9 @@ def compute(
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Loss (to minimise) and metrics of algorithm ``name``, through verl's registry and config object."""
     from verl.trainer.ppo.core_algos import agg_loss, get_policy_loss_fn
+
+    from orchestrator.algorithms import losses  # noqa: F401  (registers the losses in verl's registry)
+    from orchestrator.algorithms.context import token_entropy
 
     config = actor_config(name, **hyperparameters)
     fn = get_policy_loss_fn(config.policy_loss.loss_mode)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from verl.workers.config.actor import PolicyLossConfig
 
-TARGET = "orchestrator.algorithms.config.MaspoPolicyLossConfig"
+from orchestrator.algorithms.registry import TARGET  # noqa: F401  (the _target_ string naming the class below)
 
 
 @dataclass

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from pydantic import ValidationError
 
 from orchestrator.algorithms import hyperparams as hp
-from orchestrator.algorithms.config import TARGET
+
+# verl's policy_loss node is built as this dataclass (``config.py``; a string here, so this module needs no verl)
+TARGET = "orchestrator.algorithms.config.MaspoPolicyLossConfig"
 
 
 class AlgorithmError(ValueError):
@@ -56,7 +59,7 @@ class Algorithm:
         for key, value in self.actor_settings(params).items():
             # fields that exist only on MaspoPolicyLossConfig must be appended with '+'
             leaf = key.split(".")[-1]
-            plus = "+" if key.startswith("policy_loss.") and leaf in _EXTRA_POLICY_LOSS_FIELDS else ""
+            plus = "+" if key.startswith("policy_loss.") and leaf in _extra_policy_loss_fields() else ""
             out.append(f"{plus}actor_rollout_ref.actor.{key}={_hydra_value(value)}")
         return out
 
@@ -69,7 +72,9 @@ def _hydra_value(value: Any) -> str:
     return str(value)
 
 
+@functools.cache
 def _extra_policy_loss_fields() -> frozenset[str]:
+    """Our policy-loss fields that verl's own ``PolicyLossConfig`` lacks (Hydra needs a ``+`` to add them)."""
     from dataclasses import fields
 
     from verl.workers.config.actor import PolicyLossConfig
@@ -78,8 +83,6 @@ def _extra_policy_loss_fields() -> frozenset[str]:
 
     return frozenset(f.name for f in fields(MaspoPolicyLossConfig)) - {f.name for f in fields(PolicyLossConfig)}
 
-
-_EXTRA_POLICY_LOSS_FIELDS = _extra_policy_loss_fields()
 
 ALGORITHMS: dict[str, Algorithm] = {
     a.name: a
