@@ -6,6 +6,12 @@ receive our jobs nor be stopped by us (``ray stop`` would kill every Ray of the 
 slots (verl checks for "GPU" resources before it places workers) and 16 logical CPUs (verl and
 TransferQueue ask for whole CPUs per actor). Token authentication is disabled for it: it listens on
 127.0.0.1 only and lives as long as the command that started it.
+
+"As long as the command" includes being killed: the cluster runs in a session of its own (a Ctrl-C in the
+terminal must reach only our driver, which then stops jobs and cluster in order), so a driver that died of
+SIGTERM or SIGHUP without cleaning up would leave it and its verl jobs running. ``terminate_as_interrupt``
+makes those two signals a Ctrl-C: Tune stops the experiment and saves its state (``maspo resume`` continues it),
+``maspo run`` stops its job, and the cluster is stopped on the way out.
 """
 
 from __future__ import annotations
@@ -20,6 +26,30 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+
+def _interrupt(signum, frame) -> None:
+    """SIGTERM / SIGHUP: do what Ctrl-C does now (Tune's graceful stop while an experiment runs, else
+    KeyboardInterrupt), so every ``finally`` runs."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler) and handler is not _interrupt:
+        handler(signal.SIGINT, frame)
+    else:  # SIGINT ignored (a background job of a non-interactive shell) or default: interrupt anyway
+        raise KeyboardInterrupt
+
+
+def terminate_as_interrupt() -> None:
+    """Treat SIGTERM and SIGHUP like SIGINT in this process (main thread only; idempotent)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        current = signal.getsignal(sig)
+        # replace the default and ray.init's driver handler (``sys.exit`` from wherever the main thread is, which
+        # Ray's C++ layer turns into an immediate death); leave any other program's handler alone
+        if current in (signal.SIG_DFL, _interrupt, None) or getattr(current, "__module__", "").startswith("ray."):
+            signal.signal(sig, _interrupt)
 
 
 def free_ports(n: int) -> list[int]:
@@ -58,6 +88,7 @@ class LocalRayCluster:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
     def start(self) -> LocalRayCluster:
+        terminate_as_interrupt()  # a killed driver still stops this cluster (see the module docstring)
         ray = str(Path(sys.executable).with_name("ray"))
         command = [
             ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={self.gcs_port}",
@@ -107,16 +138,41 @@ class LocalRayCluster:
 
         return JobSubmissionClient(self.dashboard_url)
 
+    def stop_jobs(self, wait_s: float = 20) -> None:
+        """Stop every job still running on this cluster and wait for them to end. A job's entrypoint runs in a
+        session of its own (Ray's job supervisor starts it so), so stopping the cluster alone would orphan it."""
+        try:
+            client = self.job_client()
+            running = [j.submission_id for j in client.list_jobs() if not j.status.is_terminal()]
+            for submission_id in running:
+                client.stop_job(submission_id)
+            deadline = time.monotonic() + wait_s
+            while running and time.monotonic() < deadline:
+                time.sleep(0.5)
+                running = [s for s in running if not client.get_job_status(s).is_terminal()]
+        except Exception:  # the cluster is already going down: nothing to ask it
+            pass
+
     def stop(self) -> None:
+        """Stop the jobs, then the node. SIGTERM goes to ``ray start`` alone: it drains the node through the GCS
+        and stops its processes (about 3 s when idle); a SIGTERM to the whole group would kill the GCS first and
+        leave ``ray start`` retrying it for a minute. Whatever is left of the group after that is killed."""
         if self.process is not None and self.process.poll() is None:
+            self.stop_jobs()
             try:
-                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.send_signal(signal.SIGTERM)
+                self.process.wait(timeout=45)  # Ray drains for at most 30 s
+            except subprocess.TimeoutExpired:
+                pass
+        if self.process is not None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)  # stragglers of the session, if any
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
                 self.process.wait(timeout=10)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            except subprocess.TimeoutExpired:
+                pass
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def __enter__(self) -> LocalRayCluster:

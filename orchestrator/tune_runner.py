@@ -478,6 +478,9 @@ def run_experiment(plan: ExperimentPlan, exp_dir: Path, console, *, address: str
             from orchestrator.algorithms import AlgorithmError
 
             raise AlgorithmError(f"cannot reach the Ray cluster at {address}: {str(err).splitlines()[0]}") from None
+        from orchestrator.cluster import terminate_as_interrupt
+
+        terminate_as_interrupt()  # again: ray.init installs Ray's own SIGTERM handler (which just dies)
         free = slots_available()
         if free < plan.slots_per_trial:
             from orchestrator.algorithms import AlgorithmError

@@ -80,6 +80,52 @@ def test_sigint_then_restore_runs_only_the_unfinished_trials(tmp_path):
     assert len(_status(exp_dir, unfinished[1])["attempts"]) == 1
 
 
+def _ray_processes() -> set[int]:
+    """Pids of Ray's processes on this machine (head, raylet, GCS, workers, job drivers)."""
+    found = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if proc.name.isdigit() and any(m in cmdline for m in ("ray::", "gcs_server", "raylet", "ray start",
+                                                               "dashboard", "standin_job")):
+            found.add(int(proc.name))
+    return found
+
+
+def test_a_killed_driver_stops_its_local_cluster_and_keeps_the_experiment_resumable(tmp_path):
+    """SIGTERM (and SIGHUP: tests/test_cluster_cli.py) acts like Ctrl-C: Tune saves its state, the job and the private Ray cluster are stopped
+    (it runs in a session of its own, so nothing else would), and the trial is left for `maspo resume`."""
+    trial = trial_config("grpo", seed=0, profile={"steps": 30, "test_freq": 1})
+    name = trial_name(trial)
+    plan = ExperimentPlan(name="killed", kind="compare", spec="test", profile="local", scale="1.5b", seeds=[0],
+                          steps=30, max_concurrent=1, max_failures=0, trials=[PlannedTrial(name=name, label=name, trial=trial)])
+    exp_dir = tmp_path / "killed"
+    save_plan(plan, exp_dir)
+    env = {**os.environ, "STANDIN_SECONDS": "600", "PYTHONPATH": str(Path(__file__).parents[1])}
+    before = _ray_processes()
+    driver = subprocess.Popen([sys.executable, "-c", RUN, str(exp_dir), "start"], env=env, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    metrics = exp_dir / "trials" / name / "metrics.jsonl"
+    while time.monotonic() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        assert driver.poll() is None, driver.communicate()[0][-3000:]
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGTERM)
+    output = driver.communicate(timeout=120)[0]
+    leftover = set()
+    for _ in range(60):  # the cluster is stopped before the driver exits; give the kernel a moment to reap
+        leftover = _ray_processes() - before
+        if not leftover:
+            break
+        time.sleep(0.5)
+    assert not leftover, f"still running after the driver exited: {sorted(leftover)}\n{output[-2000:]}"
+    assert _status(exp_dir, name).get("state") != "succeeded"
+    assert (exp_dir / "tune").exists()  # Tune's state, for `maspo resume`
+    assert not list(Path("/tmp").glob(f"maspo-ray-*/session_*/logs/*{driver.pid}*"))
+
+
 def test_asha_stops_weak_trials_early_and_their_jobs_end(tmp_path):
     """ASHA on the mean validation Avg@k, one rung per validation: later (weaker) seeds are cut at a rung."""
     from rich.console import Console
