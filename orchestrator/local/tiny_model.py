@@ -14,6 +14,7 @@ concurrent builders never see a half-written model.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -33,6 +34,23 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """No progress bars and no advice from transformers while we build or save the cached models: the user
+    sees our own progress line instead."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def cache_root() -> Path:
@@ -138,6 +156,7 @@ def _build(path: Path, settings: dict) -> None:
         torch.manual_seed(settings["seed"])
         model = Qwen2ForCausalLM(config).to(torch.float32)
     model.generation_config = GenerationConfig(bos_token_id=pad, eos_token_id=[eos, pad], pad_token_id=pad)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    with quiet_transformers():
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
     (path / MARKER).write_text(json.dumps(settings, sort_keys=True))

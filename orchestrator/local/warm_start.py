@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from orchestrator.local import tasks
-from orchestrator.local.tiny_model import build_tiny_model, cache_root
+from orchestrator.local.tiny_model import build_tiny_model, cache_root, quiet_transformers
 
 RECIPE_VERSION = 1
 MARKER = "maspo_warm_start.json"
@@ -138,7 +138,8 @@ def _train(base: Path, out: Path, s: WarmStartSettings, progress) -> list[dict]:
 
     torch.manual_seed(s.data_seed)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, attn_implementation="sdpa", torch_dtype=torch.float32)
+    with quiet_transformers():
+        model = AutoModelForCausalLM.from_pretrained(base, attn_implementation="sdpa", dtype=torch.float32)
     train = tasks.sample_problems(4000, (1, 2, 3, 4, 5, 6), seed=s.data_seed + 7)
     evaluation = [p for level in range(1, 7)
                   for p in tasks.make_problems(s.eval_problems // 6, level, seed=s.data_seed + 13)]
@@ -162,6 +163,7 @@ def _train(base: Path, out: Path, s: WarmStartSettings, progress) -> list[dict]:
                 progress(step, s.max_steps, accuracy)
             if accuracy >= s.target_accuracy:
                 break
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    with quiet_transformers():
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
     return history
