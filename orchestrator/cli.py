@@ -464,9 +464,6 @@ _mount_subcommands()
 
 
 def main() -> None:
-    from orchestrator.cluster import terminate_as_interrupt
-
-    terminate_as_interrupt()  # SIGTERM / SIGHUP stop a sweep like Ctrl-C: state saved, jobs and clusters stopped
     app()
 
 

@@ -32,7 +32,7 @@ def _interrupt(signum, frame) -> None:
     """SIGTERM / SIGHUP: do what Ctrl-C does now (Tune's graceful stop while an experiment runs, else
     KeyboardInterrupt), so every ``finally`` runs."""
     handler = signal.getsignal(signal.SIGINT)
-    if callable(handler) and handler is not _interrupt:
+    if callable(handler):
         handler(signal.SIGINT, frame)
     else:  # SIGINT ignored (a background job of a non-interactive shell) or default: interrupt anyway
         raise KeyboardInterrupt
@@ -46,8 +46,9 @@ def terminate_as_interrupt() -> None:
         return
     for sig in (signal.SIGTERM, signal.SIGHUP):
         current = signal.getsignal(sig)
-        # replace the default and ray.init's driver handler (``sys.exit`` from wherever the main thread is, which
-        # Ray's C++ layer turns into an immediate death); leave any other program's handler alone
+        # replace the default (SIG_DFL, or None: set outside Python) and ray.init's driver handler (``sys.exit``
+        # from wherever the main thread is, which Ray's C++ layer turns into an immediate death); leave any other
+        # program's handler, and SIG_IGN (``nohup``), alone
         if current in (signal.SIG_DFL, _interrupt, None) or getattr(current, "__module__", "").startswith("ray."):
             signal.signal(sig, _interrupt)
 

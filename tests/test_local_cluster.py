@@ -5,6 +5,7 @@ The end-to-end case (SIGTERM to a running experiment) is in tests/test_tune_resu
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -72,9 +73,10 @@ def test_stop_ends_the_whole_cluster_quickly():
     cluster = LocalRayCluster().start()
     sid = cluster.process.pid  # ray start leads its own session
     assert _session_alive(sid)
-    started = time.monotonic()
     cluster.stop()
-    assert time.monotonic() - started < 30  # SIGTERM to `ray start` alone drains in seconds (not a minute)
+    # `ray start` shut the node down itself on SIGTERM (a SIGTERM to the whole group kills the GCS first: then
+    # it retries the GCS past stop()'s wait and ends by our SIGKILL)
+    assert cluster.process.returncode != -signal.SIGKILL
     assert not cluster.temp_dir.exists()
     for _ in range(40):  # processes of the session that watch the raylet exit on their own, within seconds
         if not _session_alive(sid):

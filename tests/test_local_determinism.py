@@ -42,11 +42,6 @@ def test_trajectories_are_ordered_by_submission_then_session_then_turn():
     assert keys == ["x_9_0", "x_10_0", "zz_0_0"]
 
 
-def test_prompts_oldest_first_then_in_submission_order():
-    steps = {"b": 1, "a": 1, "c": 0}  # dict order = submission order: b, a, c
-    assert batch_order.order_prompts({"a", "b", "c"}, steps, submitted=steps) == ["c", "b", "a"]
-
-
 @pytest.fixture
 def replay_buffer(monkeypatch):
     import verl  # noqa: F401  (loads the plugin, which patches the replay buffer)
@@ -73,6 +68,14 @@ def test_replay_buffer_batches_do_not_depend_on_completion_order(replay_buffer):
         assert [t["k"] for t in meta.tags] == meta.keys
         batches.append(meta.keys)
     assert batches[0] == batches[1] == batches[2] == keys_of(submitted[:3], n=4)
+
+
+def test_prompts_oldest_first_then_in_submission_order(replay_buffer):
+    replay_buffer.prompt_global_steps["train"] = {"b": 1, "a": 1, "c": 0, "d": 1}  # submitted b, a, c, d
+    replay_buffer.partitions["train"] = {}
+    for keys in ({"a", "b", "c", "d"}, {"d", "c", "b", "a"}):
+        selected, _, _ = replay_buffer._select_prompt_uids("train", keys, 3)
+        assert selected == ["c", "b", "a"]  # verl's staleness order, ties by submission
 
 
 def test_cpu_platform_polls_the_replay_buffer_faster(monkeypatch, replay_buffer):

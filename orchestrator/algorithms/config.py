@@ -10,8 +10,6 @@ from dataclasses import dataclass
 
 from verl.workers.config.actor import PolicyLossConfig
 
-from orchestrator.algorithms.registry import TARGET  # noqa: F401  (the _target_ string naming the class below)
-
 
 @dataclass
 class MaspoPolicyLossConfig(PolicyLossConfig):

@@ -70,10 +70,10 @@ def order_trajectories(keys: list[str], tags: list, submitted) -> tuple[list[str
     return [keys[i] for i in order], [tags[i] for i in order]
 
 
-def order_prompts(uids, global_steps: dict[str, int], submitted) -> list[str]:
-    """Prompt uids oldest first (``global_steps``, as verl orders them), ties in submission order."""
+def in_submission_order(uids, submitted) -> list[str]:
+    """Prompt uids in submission order (unknown ones after, by uid)."""
     rank = prompt_rank(uids, submitted)
-    return sorted(uids, key=lambda uid: (global_steps.get(uid, 0), rank[uid]))
+    return sorted(uids, key=rank.__getitem__)
 
 
 def wrap_select_prompt_uids(original):
@@ -82,9 +82,10 @@ def wrap_select_prompt_uids(original):
 
     @functools.wraps(original)
     def _select_prompt_uids(self, partition_id, sampleable_keys, batch_size):
-        steps = dict(self.prompt_global_steps[partition_id])  # kv_list order: submission order
-        ordered = order_prompts(sampleable_keys, steps, submitted=steps)
-        return ordered[:batch_size], dict(self.partitions[partition_id]), steps
+        # verl sorts the keys by staleness with Python's stable sort: given them in submission order (the order
+        # of the kv listing) instead of a set's, its ties keep that order
+        submitted = self.prompt_global_steps[partition_id]
+        return original(self, partition_id, in_submission_order(sampleable_keys, submitted), batch_size)
 
     setattr(_select_prompt_uids, _HOOKED, True)
     return _select_prompt_uids

@@ -53,6 +53,7 @@ small model and a busy 2-core machine, 2 OpenMP threads were 10-40x slower than 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import functools
 import hashlib
 import os
@@ -350,7 +351,7 @@ class HFRolloutServer:
                   f"weights {weights_fingerprint(self.model)}")
 
     def _log(self, message: str) -> None:
-        stamp = time.strftime("%H:%M:%S", time.localtime()) + f".{int(time.time() * 1000) % 1000:03d}"
+        stamp = datetime.datetime.now().strftime("%H:%M:%S.%f")[:-3]
         print(f"[hf_rollout] replica {self.replica_rank}: {message} (at {stamp})", flush=True)
 
     def _ensure_started(self) -> None:
