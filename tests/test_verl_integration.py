@@ -60,6 +60,21 @@ def test_overrides_compose_validate_and_reach_the_typed_worker_config(name):
         assert getattr(actor.policy_loss, key) == value, key
 
 
+def test_hyperparameter_fields_are_exactly_the_fields_verl_lacks():
+    """verl_overrides adds every policy-loss hyperparameter with '+' without importing verl: that is right only
+    if each one is a MaspoPolicyLossConfig field absent from verl's own PolicyLossConfig."""
+    from dataclasses import fields
+
+    from verl.workers.config.actor import PolicyLossConfig
+
+    extra = {f.name for f in fields(MaspoPolicyLossConfig)} - {f.name for f in fields(PolicyLossConfig)}
+    ours = set().union(*(a.params().policy_loss_fields() for a in ALGORITHMS.values()))
+    assert ours == extra
+    for algorithm in ALGORITHMS.values():
+        plus = {o.split("=")[0] for o in algorithm.verl_overrides({}) if o.startswith("+")}
+        assert plus == {f"+actor_rollout_ref.actor.policy_loss.{k}" for k in algorithm.params().policy_loss_fields()}
+
+
 def test_non_default_hyperparameters_reach_the_worker_config():
     algorithm = get("maspo")
     config = compose_trainer_config(BASE + algorithm.verl_overrides({"alpha": 0.3, "beta": 0.1, "sigma_base": 2.0}))

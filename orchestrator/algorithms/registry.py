@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -55,13 +54,11 @@ class Algorithm:
         """Hydra overrides for verl's ``ppo_trainer`` config (``actor_rollout_ref.actor.*``)."""
         if not isinstance(params, hp.Hyperparameters):
             params = self.parse(params)
-        out = []
-        for key, value in self.actor_settings(params).items():
-            # fields that exist only on MaspoPolicyLossConfig must be appended with '+'
-            leaf = key.split(".")[-1]
-            plus = "+" if key.startswith("policy_loss.") and leaf in _extra_policy_loss_fields() else ""
-            out.append(f"{plus}actor_rollout_ref.actor.{key}={_hydra_value(value)}")
-        return out
+        # the hyperparameter models' policy-loss fields exist only on MaspoPolicyLossConfig, not in verl's
+        # ppo_trainer.yaml, so Hydra must add them with '+' (tested against verl's own PolicyLossConfig)
+        ours = {f"policy_loss.{k}" for k in params.policy_loss_fields()}
+        return [f"{'+' if key in ours else ''}actor_rollout_ref.actor.{key}={_hydra_value(value)}"
+                for key, value in self.actor_settings(params).items()]
 
 
 def _hydra_value(value: Any) -> str:
@@ -70,18 +67,6 @@ def _hydra_value(value: Any) -> str:
     if isinstance(value, float):
         return repr(value)
     return str(value)
-
-
-@functools.cache
-def _extra_policy_loss_fields() -> frozenset[str]:
-    """Our policy-loss fields that verl's own ``PolicyLossConfig`` lacks (Hydra needs a ``+`` to add them)."""
-    from dataclasses import fields
-
-    from verl.workers.config.actor import PolicyLossConfig
-
-    from orchestrator.algorithms.config import MaspoPolicyLossConfig
-
-    return frozenset(f.name for f in fields(MaspoPolicyLossConfig)) - {f.name for f in fields(PolicyLossConfig)}
 
 
 ALGORITHMS: dict[str, Algorithm] = {
