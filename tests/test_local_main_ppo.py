@@ -167,6 +167,10 @@ def test_main_ppo_two_steps_on_cpu(tmp_path):
     assert sorted(fingerprints) == list(range(STEPS + 1)), fingerprints
     assert len(set(fingerprints.values())) == STEPS + 1, fingerprints
 
+    # the task runner started the rollout server before verl's set-up, and verl adopted it (no second server)
+    assert "server hf_server_0 ready (started early by the task runner)" in output
+    assert output.count("[hf_rollout] replica 0: loaded ") == 1
+
     first_rollout = next(t for t, line in lines if "[hf_rollout]" in line and "batch of" in line)
     batches = [(int(b), int(n), float(s)) for b, n, s in
                re.findall(r"batch of (\d+): (\d+) tokens in ([\d.]+) s", output)]

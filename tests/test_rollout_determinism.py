@@ -149,3 +149,33 @@ def test_server_counts_occurrences_per_weight_version(model):
         assert sorted(first[i] for i in same) == sorted(second[i] for i in same)
     assert sorted(map(tuple, first.values())) != sorted(map(tuple, third.values()))
     assert server.batch_sizes and max(server.batch_sizes) <= 4
+
+
+def test_server_is_started_early_only_for_one_replica_and_adopted_only_if_unchanged(monkeypatch):
+    """The task runner starts the hf server early only for a single-replica run; the replica adopts it only with the
+    same settings on the same node, and otherwise stops it and starts its own."""
+    from omegaconf import OmegaConf
+
+    from orchestrator.verl_bridge import hf_rollout
+
+    def config(gpus, tp):
+        return OmegaConf.create({
+            "trainer": {"n_gpus_per_node": gpus, "nnodes": 1},
+            "actor_rollout_ref": {"rollout": {"tensor_model_parallel_size": tp, "data_parallel_size": 1,
+                                              "pipeline_model_parallel_size": 1}}})
+
+    assert hf_rollout.single_replica(config(1, 1)) and hf_rollout.single_replica(config(8, 8))
+    assert not hf_rollout.single_replica(config(8, 1)) and not hf_rollout.single_replica(config(8, 4))
+
+    import ray
+
+    killed = []
+    monkeypatch.setattr(ray, "kill", killed.append)
+    settings = {"model_path": "/m", "seed": 0}
+    monkeypatch.setitem(hf_rollout._PRELAUNCHED, "hf_server_0", ("early", settings, "node-a"))
+    assert hf_rollout.adopt_prelaunched("hf_server_0", dict(settings), "node-a") == "early"
+    assert hf_rollout.adopt_prelaunched("hf_server_0", dict(settings), "node-a") is None  # adopted once
+    for other_settings, node in (({**settings, "seed": 1}, "node-a"), (settings, "node-b")):
+        hf_rollout._PRELAUNCHED["hf_server_0"] = ("stale", settings, "node-a")
+        assert hf_rollout.adopt_prelaunched("hf_server_0", other_settings, node) is None
+    assert killed == ["stale", "stale"] and not hf_rollout._PRELAUNCHED

@@ -66,6 +66,7 @@ from orchestrator.verl_bridge.patching import after_import
 NAME = "hf"
 SAMPLE_KEY = "maspo_sample_key"  # in the sampling params: which session of which prompt a request is
 AGENT_LOOP_MODULE = "verl.experimental.agent_loop.agent_loop"
+TRAINER_MODULE = "verl.trainer.ppo.v1.trainer_base"
 _HOOKED = "_maspo_hf_sample_key"
 BATCH_GAP_S = 0.05  # a batch closes once no request arrived for this long ...
 BATCH_WINDOW_S = 0.5  # ... or this long after its first request
@@ -80,6 +81,7 @@ def register() -> None:
     after_import("verl.workers.rollout.base", _register_adapter)  # when verl imports them, not before:
     after_import("verl.workers.rollout.replica", _register_replica)  # a process that never rolls out saves ~1 s
     after_import(AGENT_LOOP_MODULE, _patch_agent_loop)
+    after_import(TRAINER_MODULE, _patch_trainer)
 
 
 def _register_adapter(base) -> None:
@@ -120,6 +122,92 @@ def _patch_agent_loop(module) -> None:
 
 def server_name(replica_rank: int, suffix: str = "") -> str:
     return f"{NAME}_server_{replica_rank}{suffix}"
+
+
+# ------------------------------------------------------------------------------- early server start
+#
+# verl starts the rollout servers late in its set-up (after the datasets and the actor workers), and a server
+# process takes ~8 s to import torch and transformers and load the model: on the local machine that sat on the
+# start-up's critical path while one of the two cores idled. So the trainer's ``init`` (in the task runner)
+# first starts the server of a single-replica, single-node run, and ``HFReplica`` adopts it when verl launches
+# its servers (or starts its own, as before, if the settings or the node differ).
+
+_PRELAUNCHED: dict[str, tuple[Any, dict, str]] = {}  # server name -> (handle, settings, node id)
+
+
+def single_replica(config) -> bool:
+    """Whether the run has exactly one rollout replica (the local profile: one fake GPU, TP = DP = PP = 1)."""
+    rollout, trainer = config.actor_rollout_ref.rollout, config.trainer
+    replica_world = (int(rollout.tensor_model_parallel_size) * int(rollout.data_parallel_size)
+                     * int(rollout.pipeline_model_parallel_size))
+    return int(trainer.n_gpus_per_node) * int(trainer.nnodes) == replica_world
+
+
+def _start_server(name: str, settings: dict, replica_rank: int, max_concurrency: int, node_id: str):
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return ray.remote(HFRolloutServer).options(
+        name=name,
+        num_cpus=0,  # generation and training take turns on the same cores
+        max_concurrency=max_concurrency,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
+    ).remote(settings=settings, replica_rank=replica_rank)
+
+
+def prelaunch_server(config) -> bool:
+    """Start replica 0's server now, without waiting for it (the task runner, before verl's set-up)."""
+    import ray
+    from verl.utils.config import omega_conf_to_dataclass
+    from verl.workers.rollout.replica import CONTROL_METHOD_CONCURRENCY
+
+    rollout = config.actor_rollout_ref.rollout
+    if rollout.name != NAME or not single_replica(config):
+        return False
+    if sum(1 for node in ray.nodes() if node["Alive"]) != 1:
+        return False  # verl pins the server to its trainer worker's node, unknown before the workers exist
+    name = server_name(0)
+    if name in _PRELAUNCHED:
+        return True
+    settings = server_settings(rollout, config.actor_rollout_ref.model)
+    max_concurrency = max(1000, omega_conf_to_dataclass(rollout).max_num_seqs + CONTROL_METHOD_CONCURRENCY)
+    node_id = ray.get_runtime_context().get_node_id()
+    _PRELAUNCHED[name] = (_start_server(name, settings, 0, max_concurrency, node_id), settings, node_id)
+    return True
+
+
+def adopt_prelaunched(name: str, settings: dict, node_id: str):
+    """The server started early under ``name`` if it has these settings on this node, else None (and it is
+    stopped)."""
+    entry = _PRELAUNCHED.pop(name, None)
+    if entry is None:
+        return None
+    handle, early_settings, early_node = entry
+    if early_settings == settings and early_node == node_id:
+        return handle
+    import ray
+
+    ray.kill(handle)
+    return None
+
+
+def wrap_trainer_init(original):
+    """``PPOTrainer.init()`` (verl's v1 trainer set-up) that starts the hf rollout server first."""
+    if getattr(original, _HOOKED, False):
+        return original
+
+    @functools.wraps(original)
+    def init(self, *args, **kwargs):
+        prelaunch_server(self.config)
+        return original(self, *args, **kwargs)
+
+    setattr(init, _HOOKED, True)
+    return init
+
+
+def _patch_trainer(module) -> None:
+    cls = module.PPOTrainer
+    cls.init = wrap_trainer_init(cls.init)
 
 
 # --------------------------------------------------------------------------------------------- sampling
@@ -480,7 +568,6 @@ def _verl_classes() -> dict[str, type]:
 
         async def launch_servers(self):
             import ray
-            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
             if self.workers:
                 node_id = await self.workers[0].__ray_call__.remote(
@@ -488,13 +575,12 @@ def _verl_classes() -> dict[str, type]:
             else:
                 node_id = ray.get_runtime_context().get_node_id()
             name = server_name(self.replica_rank, self.name_suffix)
-            server = ray.remote(HFRolloutServer).options(
-                name=name,
-                num_cpus=0,  # generation and training take turns on the same cores
-                max_concurrency=self.max_concurrency,
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
-            ).remote(settings=server_settings(self.config, self.model_config), replica_rank=self.replica_rank)
+            settings = server_settings(self.config, self.model_config)
+            early = adopt_prelaunched(name, settings, node_id)
+            server = early or _start_server(name, settings, self.replica_rank, self.max_concurrency, node_id)
             await server.stats.remote()  # returns once the model is loaded
+            print(f"[hf_rollout] replica {self.replica_rank}: server {name} ready"
+                  f"{' (started early by the task runner)' if early is not None else ''}", flush=True)
             self.servers = [server]
             self._server_handle = server
             self._server_address = f"{NAME}://{name}"  # a key for verl's load balancer, not an HTTP address
