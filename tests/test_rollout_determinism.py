@@ -171,6 +171,11 @@ def test_server_is_started_early_only_for_one_replica_and_adopted_only_if_unchan
 
     killed = []
     monkeypatch.setattr(ray, "kill", killed.append)
+
+    def get_actor(name):
+        raise ValueError(f"no actor {name}")  # the stopped server's name is free again
+
+    monkeypatch.setattr(ray, "get_actor", get_actor)
     settings = {"model_path": "/m", "seed": 0}
     monkeypatch.setitem(hf_rollout._PRELAUNCHED, "hf_server_0", ("early", settings, "node-a"))
     assert hf_rollout.adopt_prelaunched("hf_server_0", dict(settings), "node-a") == "early"

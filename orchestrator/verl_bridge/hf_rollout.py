@@ -188,6 +188,13 @@ def adopt_prelaunched(name: str, settings: dict, node_id: str):
     import ray
 
     ray.kill(handle)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the name is free once the actor is gone: the caller reuses it
+        try:
+            ray.get_actor(name)
+        except ValueError:
+            break
+        time.sleep(0.1)
     return None
 
 
