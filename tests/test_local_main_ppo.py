@@ -167,7 +167,9 @@ def test_main_ppo_two_steps_on_cpu(tmp_path):
     assert sorted(fingerprints) == list(range(STEPS + 1)), fingerprints
     assert len(set(fingerprints.values())) == STEPS + 1, fingerprints
 
-    # the task runner started the rollout server before verl's set-up, and verl adopted it (no second server)
+    # the task runner started the rollout server and the reward workers before verl's set-up, and verl adopted
+    # them (no second server; a second reward manager would have failed on its workers' names)
+    assert "[maspo] started early, while the task runner sets up: the rollout server and 1 reward worker(s)" in output
     assert "server hf_server_0 ready (started early by the task runner)" in output
     assert output.count("[hf_rollout] replica 0: loaded ") == 1
 

@@ -209,4 +209,7 @@ def activate_if_requested() -> bool:
     from orchestrator.verl_bridge import hf_rollout  # after the platform: verl modules read the device at import
 
     hf_rollout.register()  # rollout.name=hf, the CPU rollout backend
+    from orchestrator.verl_bridge import early_start
+
+    early_start.install()  # the rollout server and reward workers start while the task runner sets up
     return True

@@ -66,7 +66,6 @@ from orchestrator.verl_bridge.patching import after_import
 NAME = "hf"
 SAMPLE_KEY = "maspo_sample_key"  # in the sampling params: which session of which prompt a request is
 AGENT_LOOP_MODULE = "verl.experimental.agent_loop.agent_loop"
-TRAINER_MODULE = "verl.trainer.ppo.v1.trainer_base"
 _HOOKED = "_maspo_hf_sample_key"
 BATCH_GAP_S = 0.05  # a batch closes once no request arrived for this long ...
 BATCH_WINDOW_S = 0.5  # ... or this long after its first request
@@ -81,7 +80,6 @@ def register() -> None:
     after_import("verl.workers.rollout.base", _register_adapter)  # when verl imports them, not before:
     after_import("verl.workers.rollout.replica", _register_replica)  # a process that never rolls out saves ~1 s
     after_import(AGENT_LOOP_MODULE, _patch_agent_loop)
-    after_import(TRAINER_MODULE, _patch_trainer)
 
 
 def _register_adapter(base) -> None:
@@ -128,9 +126,9 @@ def server_name(replica_rank: int, suffix: str = "") -> str:
 #
 # verl starts the rollout servers late in its set-up (after the datasets and the actor workers), and a server
 # process takes ~8 s to import torch and transformers and load the model: on the local machine that sat on the
-# start-up's critical path while one of the two cores idled. So the trainer's ``init`` (in the task runner)
-# first starts the server of a single-replica, single-node run, and ``HFReplica`` adopts it when verl launches
-# its servers (or starts its own, as before, if the settings or the node differ).
+# start-up's critical path while one of the two cores idled. So the task runner starts the server of a
+# single-replica, single-node run as soon as it has its config (``early_start``), and ``HFReplica`` adopts it
+# when verl launches its servers (or starts its own, as before, if the settings or the node differ).
 
 _PRELAUNCHED: dict[str, tuple[Any, dict, str]] = {}  # server name -> (handle, settings, node id)
 
@@ -196,25 +194,6 @@ def adopt_prelaunched(name: str, settings: dict, node_id: str):
             break
         time.sleep(0.1)
     return None
-
-
-def wrap_trainer_init(original):
-    """``PPOTrainer.init()`` (verl's v1 trainer set-up) that starts the hf rollout server first."""
-    if getattr(original, _HOOKED, False):
-        return original
-
-    @functools.wraps(original)
-    def init(self, *args, **kwargs):
-        prelaunch_server(self.config)
-        return original(self, *args, **kwargs)
-
-    setattr(init, _HOOKED, True)
-    return init
-
-
-def _patch_trainer(module) -> None:
-    cls = module.PPOTrainer
-    cls.init = wrap_trainer_init(cls.init)
 
 
 # --------------------------------------------------------------------------------------------- sampling
