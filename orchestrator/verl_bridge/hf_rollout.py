@@ -5,7 +5,8 @@ on a CPU-only machine. This module plugs a small one into verl's two rollout reg
 by ``cpu.activate_if_requested()`` in every verl process of a ``VERL_PLATFORM=cpu`` run):
 
 - ``RolloutReplicaRegistry["hf"]`` -> ``HFReplica``: launched by the trainer's ``LLMServerManager``; starts one
-  ``HFRolloutServer`` Ray actor per replica (named ``hf_server_<replica_rank>``), on the node of its trainer worker;
+  ``HFRolloutServer`` Ray actor per replica (named ``hf_server_<replica_rank>``), on the node of its trainer worker,
+  or adopts the one the task runner started early (``prelaunch_server``, called by ``early_start``);
 - ``_ROLLOUT_REGISTRY[("hf", "async")]`` -> ``HFServerAdapter``: built inside the actor worker (hybrid engine);
   verl hands it the new weights after every actor update (``update_weights``) and it forwards them to the server.
 
