@@ -55,6 +55,25 @@ assert not heavy, heavy
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1], timeout=120)
 
 
+def test_rendering_a_trials_verl_command_imports_neither_torch_nor_verl(tmp_path):
+    """The CLI and every trial controller render the verl overrides of a trial; importing verl there cost ~5 s of CPU
+    per trial, on the command's start-up and (in sweeps) competing with the job's own start."""
+    code = f"""
+import sys
+from pathlib import Path
+from orchestrator.runner import LocalAssets, render_local_trial
+from orchestrator.specs import trial_config
+out = Path({str(tmp_path)!r})
+assets = LocalAssets(out / "model", out / "train.parquet", [out / "val.parquet"])
+for name, values in (("maspo", {{"alpha": 0.3}}), ("bapo", {{}}), ("grpo", {{}})):
+    job = render_local_trial(trial_config(name, values, seed=0), assets, out, name)
+    assert any(o.startswith("actor_rollout_ref.actor.policy_loss.loss_mode=") for o in job.overrides)
+heavy = sorted(m for m in ("torch", "verl", "transformers") if m in sys.modules)
+assert not heavy, heavy
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1], timeout=120)
+
+
 def test_the_policy_loss_target_names_the_config_class():
     import hydra.utils
 
