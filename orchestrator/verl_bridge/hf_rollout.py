@@ -156,9 +156,11 @@ def _start_server(name: str, settings: dict, replica_rank: int, max_concurrency:
 
 def prelaunch_server(config) -> bool:
     """Start replica 0's server now, without waiting for it (the task runner, before verl's set-up)."""
+    import types
+
     import ray
     from verl.utils.config import omega_conf_to_dataclass
-    from verl.workers.rollout.replica import CONTROL_METHOD_CONCURRENCY
+    from verl.workers.rollout.replica import RolloutReplica
 
     rollout = config.actor_rollout_ref.rollout
     if rollout.name != NAME or not single_replica(config):
@@ -169,7 +171,9 @@ def prelaunch_server(config) -> bool:
     if name in _PRELAUNCHED:
         return True
     settings = server_settings(rollout, config.actor_rollout_ref.model)
-    max_concurrency = max(1000, omega_conf_to_dataclass(rollout).max_num_seqs + CONTROL_METHOD_CONCURRENCY)
+    # what the replica's ``max_concurrency`` will be: verl's own property, read off the typed rollout config
+    typed_rollout = types.SimpleNamespace(config=omega_conf_to_dataclass(rollout))
+    max_concurrency = RolloutReplica.max_concurrency.fget(typed_rollout)
     node_id = ray.get_runtime_context().get_node_id()
     _PRELAUNCHED[name] = (_start_server(name, settings, 0, max_concurrency, node_id), settings, node_id)
     return True
@@ -564,7 +568,10 @@ def _verl_classes() -> dict[str, type]:
             name = server_name(self.replica_rank, self.name_suffix)
             settings = server_settings(self.config, self.model_config)
             early = adopt_prelaunched(name, settings, node_id)
-            server = early or _start_server(name, settings, self.replica_rank, self.max_concurrency, node_id)
+            if early is None:
+                server = _start_server(name, settings, self.replica_rank, self.max_concurrency, node_id)
+            else:
+                server = early
             await server.stats.remote()  # returns once the model is loaded
             print(f"[hf_rollout] replica {self.replica_rank}: server {name} ready"
                   f"{' (started early by the task runner)' if early is not None else ''}", flush=True)
