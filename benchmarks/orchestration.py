@@ -27,14 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def bare(trial, assets, out_dir: Path) -> float:
     from orchestrator.algorithms import get
-    from orchestrator.verl_bridge.local_run import cpu_trainer_env, cpu_trainer_overrides
+    from orchestrator.verl_bridge.local_run import cpu_trainer_env, cpu_trainer_overrides, short_temp_dir
 
     p = trial.profile
     overrides = cpu_trainer_overrides(
         assets.model_dir, assets.train_file, assets.val_files, out_dir=out_dir, n_samples=p.n_samples, val_n=p.val_n,
         train_batch_size=p.train_batch_size, ppo_mini_batch_size=p.ppo_mini_batch_size,
         max_response_length=p.max_response_length, total_steps=p.steps, test_freq=p.test_freq, seed=trial.seed,
-        lr=p.lr, experiment_name="bare")
+        lr=p.lr, experiment_name="bare", ray_temp_dir=short_temp_dir())
     overrides += get(trial.algorithm).verl_overrides(trial.params)
     env = {**os.environ, **cpu_trainer_env(out_dir), "WANDB_MODE": "disabled"}
     started = time.monotonic()
@@ -51,13 +51,15 @@ def bare(trial, assets, out_dir: Path) -> float:
 def orchestrated(trial, out_root: Path) -> float:
     from rich.console import Console
 
-    from orchestrator.tune_runner import ExperimentPlan, PlannedTrial, run_experiment, save_plan, trial_name
+    from orchestrator.config.plan import ExperimentPlan, PlannedTrial, trial_name
+    from orchestrator.store import ExperimentDir
+    from orchestrator.tune_runner import run_experiment
 
     plan = ExperimentPlan(name="bench", kind="compare", spec="benchmark", profile="local", scale="1.5b", seeds=[0],
                           steps=trial.profile.steps, max_failures=0,
                           trials=[PlannedTrial(name=trial_name(trial), label="bench", trial=trial)])
     exp_dir = out_root / "bench"
-    save_plan(plan, exp_dir)
+    ExperimentDir(exp_dir).save_plan(plan)
     started = time.monotonic()
     code = run_experiment(plan, exp_dir, Console(file=open(os.devnull, "w")))
     elapsed = time.monotonic() - started
@@ -72,8 +74,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
 
-    from orchestrator.runner import prepare_local_assets
-    from orchestrator.specs import trial_config
+    from orchestrator.render import prepare_local_assets
+    from orchestrator.config.trial import trial_config
 
     os.environ["WANDB_MODE"] = "disabled"
     trial = trial_config("grpo", seed=0, profile={"steps": args.steps, "test_freq": args.steps})

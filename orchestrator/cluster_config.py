@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from orchestrator.errors import UserError
+
 GPUS_PER_NODE = 8
 GPUS_PER_SLOT = 8  # one trial = one verl run on 8 GPUs = one slot
 SLOT_RESOURCE = "verl_slot"
@@ -35,7 +37,7 @@ _LOCAL = "local"
 _MAX_MESSAGE = 300
 
 
-class ClusterConfigError(ValueError):
+class ClusterConfigError(UserError):
     """A cluster YAML that Ray's validator or maspo's slot checks reject; the message names the file."""
 
 

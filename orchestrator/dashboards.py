@@ -21,10 +21,10 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from orchestrator.store import ExperimentDir, validations
 from orchestrator.tracking import TrackingError
 
 DEFINITION = Path(__file__).resolve().parents[1] / "dashboards" / "maspo.yaml"
-PUBLISHED_FILE = "dashboards.json"  # runs/<NAME>/dashboards.json: where the published views live
 LOCAL_SOURCES = ["local_math500", "local_amc23", "local_minerva", "local_olympiad", "local_aime24", "local_aime25"]
 CLUSTER_SOURCES = ["aime24", "aime25", "amc23", "math500", "minerva", "olympiad"]  # data_prepare.VALIDATION_NAMES
 
@@ -272,47 +272,22 @@ def experiment_path(name: str, runs_root: Path = Path("runs")) -> Path:
     return exp_dir
 
 
-def trial_dirs(exp_dir: Path) -> list[Path]:
-    """``trials/*`` of an experiment; a ``maspo run`` directory (metrics.jsonl at its top) is its only trial."""
-    if (exp_dir / "trials").is_dir():
-        return sorted(p for p in (exp_dir / "trials").iterdir() if p.is_dir())
-    return [exp_dir] if (exp_dir / "metrics.jsonl").exists() or (exp_dir / "trial.json").exists() else []
-
-
-def experiment_meta(exp_dir: Path) -> dict:
-    path = exp_dir / "experiment.json"
-    if path.is_file():
-        try:
-            return json.loads(path.read_text())
-        except ValueError:
-            raise DashboardError(f"{path} is not valid JSON") from None
-    return {"name": exp_dir.name, "kind": "run", "trials": []}
-
-
 def detect_validation(exp_dir: Path, k: int | None = None, sources: list[str] | None = None) -> Validation:
     """k and the validation sets, from the first validation record of any trial (else the planned profile)."""
     found_k, found_sources = None, []
-    for trial_dir in trial_dirs(exp_dir):
-        path = trial_dir / "metrics.jsonl"
-        if not path.exists():
-            continue
-        for line in path.read_text().splitlines():
-            try:
-                data = json.loads(line).get("data", {})
-            except ValueError:
-                continue
+    experiment = ExperimentDir(exp_dir)
+    for files in experiment.trial_dirs():
+        for _, data in validations(files.records())[:1]:
             for key in data:
                 parts = key.split("/")
                 if len(parts) == 4 and parts[0] == "val-core" and parts[2] == "acc" and parts[3].startswith("mean@"):
                     found_k = found_k or int(parts[3].split("@")[1])
                     if parts[1] != "average" and parts[1] not in found_sources:
                         found_sources.append(parts[1])
-            if found_sources:
-                break
         if found_sources:
             break
     if not found_sources:
-        meta = experiment_meta(exp_dir)
+        meta = experiment.meta()
         profiles = [t.get("trial", {}).get("profile", {}) for t in meta.get("trials", [])]
         names = {p.get("name") for p in profiles}
         found_k = found_k or next((p.get("val_n") for p in profiles if p.get("val_n")), None)
@@ -344,11 +319,11 @@ def publish(name: str, entity: str | None = None, project: str | None = None, *,
     validation = detect_validation(exp_dir, k, sources)
     if not has_credentials():
         raise DashboardError("publishing needs W&B credentials: run `wandb login` or set WANDB_API_KEY")
-    meta = experiment_meta(exp_dir)
+    store = ExperimentDir(exp_dir)
+    meta = store.meta()
     experiment = meta.get("name", exp_dir.name)
     project = project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
-    record_path = exp_dir / PUBLISHED_FILE
-    published = json.loads(record_path.read_text()) if record_path.exists() else {}
+    published = store.published()
     try:
         import wandb
         import wandb_workspaces.reports.v2 as wr
@@ -374,5 +349,5 @@ def publish(name: str, entity: str | None = None, project: str | None = None, *,
     except Exception as err:  # noqa: BLE001 (network, permissions, API changes: one line for the user)
         first_line = (str(err).splitlines() or [""])[0]
         raise DashboardError(f"publishing to W&B failed: {type(err).__name__}: {first_line}") from None
-    record_path.write_text(json.dumps(published, indent=1))
+    store.write_published(published)
     return published

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Mapping
 
+from orchestrator.errors import UserError
+
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 TRAIN_NAME = "dapo_math_17k"
 VALIDATION_NAMES = ("aime24", "aime25", "amc23", "math500", "minerva", "olympiad")  # the paper's table order
@@ -39,7 +41,7 @@ _DAPO_HEAD = "is the answer to the problem.\n\n"
 _DAPO_TAIL = '\n\nRemember to put your answer on its own line after "Answer:".'
 
 
-class DataPrepareError(ValueError):
+class DataPrepareError(UserError):
     """A data source that cannot be loaded or converted; the message is one line meant for the user."""
 
 

@@ -12,13 +12,15 @@ from pathlib import Path
 from rich.live import Live
 from rich.table import Table
 
+from orchestrator.store import ExperimentDir, summary
+
 STYLE = {"PENDING": "dim", "RUNNING": "cyan", "RETRYING": "yellow", "DONE": "green", "FAILED": "red",
          "STOPPED": "yellow"}
 
 
 class LiveTrials:
     def __init__(self, plan, exp_dir: Path, console):
-        self.plan, self.exp_dir, self.console = plan, exp_dir, console
+        self.plan, self.experiment, self.console = plan, ExperimentDir(exp_dir), console
         self.rows = {t.name: {"label": t.label, "seed": t.trial.seed, "state": "PENDING", "metrics": {}, "start": None}
                      for t in plan.trials}
         self.started = time.monotonic()
@@ -26,28 +28,15 @@ class LiveTrials:
 
     # the data side: the trials' own files (status.json, metrics.jsonl), so a restored experiment shows too
     def refresh(self) -> None:
-        import json
-
-        from orchestrator.tune_runner import tune_metrics
-
         for name, row in self.rows.items():
-            trial_dir = self.exp_dir / "trials" / name
-            try:
-                status = json.loads((trial_dir / "status.json").read_text())
-            except (OSError, ValueError):
-                continue
+            files = self.experiment.trial(name)
+            status = files.status()
             state = {"running": "RUNNING", "succeeded": "DONE", "failed": "FAILED", "stopped": "STOPPED"}.get(
                 status.get("state"), "PENDING")
             attempts = len(status.get("attempts", []))
             if state == "FAILED" and attempts <= self.plan.max_failures:
                 state = "RETRYING"
-            records = []
-            try:
-                for line in (trial_dir / "metrics.jsonl").read_text().splitlines():
-                    records.append(json.loads(line))
-            except (OSError, ValueError):
-                pass
-            row.update(state=state, metrics={**tune_metrics(records), "attempt": attempts})
+            row.update(state=state, metrics={**summary(files.records()), "attempt": attempts})
 
     def _loop(self) -> None:
         while not self._stop.wait(1.0):

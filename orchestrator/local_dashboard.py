@@ -10,15 +10,16 @@ file opens anywhere, tooltips are SVG ``<title>`` elements.
 from __future__ import annotations
 
 import html
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.dashboards import (
-    DashboardError, Definition, Panel, Validation, blocks_for, detect_validation, expand, experiment_meta,
-    experiment_path, load_definition, sections_for, trial_dirs,
+    DashboardError, Definition, Panel, Validation, blocks_for, detect_validation, expand, experiment_path,
+    load_definition, sections_for,
 )
+from orchestrator.results import TrialResult, best_labels, final_validation, group_rows, ordered_sources
+from orchestrator.store import ExperimentDir, history, write_text_atomic
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
            "#7f7f7f"]
@@ -32,6 +33,7 @@ class Trial:
     label: str
     settings: dict  # what the W&B run config holds under ``maspo``
     history: dict[int, dict[str, float]] = field(default_factory=dict)  # step -> metrics
+    result: TrialResult | None = None  # its final validation, as ``maspo results`` reads it
 
     def series(self, key: str) -> list[tuple[int, float]]:
         return [(s, d[key]) for s, d in sorted(self.history.items()) if _is_number(d.get(key))]
@@ -59,25 +61,22 @@ def _is_number(value) -> bool:
 
 
 def load_trials(exp_dir: Path) -> list[Trial]:
-    meta = experiment_meta(exp_dir)
+    experiment = ExperimentDir(exp_dir)
+    meta = experiment.meta()
     planned = {t.get("name"): t for t in meta.get("trials", [])}
     order = {name: i for i, name in enumerate(planned)}
     trials = []
-    for trial_dir in sorted(trial_dirs(exp_dir), key=lambda d: (order.get(d.name, len(order)), d.name)):
-        info = json.loads((trial_dir / "trial.json").read_text()) if (trial_dir / "trial.json").exists() else {}
-        name = info.get("name") or trial_dir.name
+    for files in sorted(experiment.trial_dirs(), key=lambda f: (order.get(f.name, len(order)), f.name)):
+        info = files.info()
+        name = info.get("name") or files.name
         config = info.get("trial") or planned.get(name, {}).get("trial") or {}
         label = info.get("label") or planned.get(name, {}).get("label") or config.get("algorithm") or name
         settings = {**config, "experiment": meta.get("name", exp_dir.name), "trial": name, "label": label}
-        trial = Trial(name, label, settings)
-        path = trial_dir / "metrics.jsonl"
-        for line in path.read_text().splitlines() if path.exists() else []:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            trial.history.setdefault(int(record.get("step", 0)), {}).update(record.get("data", {}))
-        trials.append(trial)
+        records = files.records()
+        k, final, passk = final_validation(records)
+        result = TrialResult(name, label, config.get("algorithm", ""), int(config.get("seed", 0)),
+                             files.status().get("state", "pending"), 0, k, final, passk)
+        trials.append(Trial(name, label, settings, history(records), result))
     return trials
 
 
@@ -245,47 +244,35 @@ def parallel_svg(title: str, panel: Panel, trials: list[Trial], colors: dict[str
 # the page
 
 
-def _source_name(source: str) -> str:
-    return source.removeprefix("local_")
-
-
-def final_table(groups: dict[str, list[Trial]], validation: Validation) -> str:
-    """The paper's Table 1: per group the last validation's Avg@k / Pass@k, mean over seeds (and the range)."""
-    k = validation.k
-    sources = [*validation.sources, "average"]
-    cells: dict[tuple[str, str], tuple[float, float, float] | None] = {}
-    for label, trials in groups.items():
-        for source in sources:
-            for metric in ("mean", "pass"):
-                values = [v for t in trials if (v := t.final(f"val-core/{source}/acc/{metric}@{k}")) is not None]
-                cells[label, f"{source}/{metric}"] = (
-                    (sum(values) / len(values), min(values), max(values)) if values else None)
-    best = {}
-    for column in {c for _, c in cells}:
-        means = [v[0] for (_, c), v in cells.items() if c == column and v is not None]
-        best[column] = max(means) if means else None
-    head = "".join(f'<th colspan="2">{html.escape(_source_name(s).capitalize() if s == "average" else _source_name(s))}'
-                   f'</th>' for s in sources)
+def final_table(trials: list[Trial]) -> str:
+    """The paper's Table 1 (the rows ``maspo results`` shows): per label the last validation's Avg@k / Pass@k,
+    mean over seeds and, with several seeds, the range."""
+    results = [t.result for t in trials if t.result is not None]
+    rows = group_rows(results)
+    sources = [*ordered_sources(results), "average"]
+    k = max((r.k for r in results if r.k), default="k")
+    columns = [f"{s}/{m}" for s in sources for m in ("avg", "pass")]
+    best = best_labels(rows, columns)
+    head = "".join(f'<th colspan="2">{html.escape(s.capitalize() if s == "average" else s)}</th>' for s in sources)
     sub = "".join(f"<th>A@{k}</th><th>P@{k}</th>" for _ in sources)
-    rows = []
-    for label, trials in groups.items():
-        row = [f'<th class="label">{html.escape(label)}<span class="seeds"> ({len(trials)} seed'
-               f'{"s" if len(trials) != 1 else ""})</span></th>']
-        for source in sources:
-            for metric in ("mean", "pass"):
-                cell = cells[label, f"{source}/{metric}"]
-                if cell is None:
-                    row.append("<td>-</td>")
-                    continue
-                mean, lo, hi = cell
-                text = f"{100 * mean:.1f}"
-                if hi > lo:
-                    text += f'<span class="range"> [{100 * lo:.1f}, {100 * hi:.1f}]</span>'
-                bold = best[f"{source}/{metric}"] is not None and abs(mean - best[f"{source}/{metric}"]) < 1e-12
-                row.append(f"<td><b>{text}</b></td>" if bold and len(groups) > 1 else f"<td>{text}</td>")
-        rows.append("<tr>" + "".join(row) + "</tr>")
+    body = []
+    for row in rows:
+        n = len(row.trials)
+        cells = [f'<th class="label">{html.escape(row.label)}<span class="seeds"> ({n} seed'
+                 f'{"s" if n != 1 else ""})</span></th>']
+        for column in columns:
+            values = row.values(column)
+            if not values:
+                cells.append("<td>-</td>")
+                continue
+            text = f"{100 * row.cell(column)[0]:.1f}"
+            if max(values) > min(values):
+                text += f'<span class="range"> [{100 * min(values):.1f}, {100 * max(values):.1f}]</span>'
+            bold = best.get(column) == row.label and len(rows) > 1
+            cells.append(f"<td><b>{text}</b></td>" if bold else f"<td>{text}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
     return (f'<table class="final"><thead><tr><th rowspan="2">method</th>{head}</tr><tr>{sub}</tr></thead>'
-            f'<tbody>{"".join(rows)}</tbody></table>')
+            f'<tbody>{"".join(body)}</tbody></table>')
 
 
 CSS = """
@@ -308,7 +295,7 @@ table.final th.label { text-align: left; } .seeds, .range { color: #888; font-we
 
 
 def render(exp_dir: Path, definition: Definition, validation: Validation) -> str:
-    meta = experiment_meta(exp_dir)
+    meta = ExperimentDir(exp_dir).meta()
     name, kind = meta.get("name", exp_dir.name), meta.get("kind")
     trials = load_trials(exp_dir)
     if not trials:
@@ -334,7 +321,7 @@ def render(exp_dir: Path, definition: Definition, validation: Validation) -> str
     for block in blocks_for(definition, kind):
         if block.table:
             body.append(f"<h2>{html.escape(block.heading)}</h2>")
-            body.append(final_table(groups, validation))
+            body.append(final_table(trials))
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>maspo: {html.escape(name)}</title>'
             f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
 
@@ -346,5 +333,5 @@ def write_local_dashboard(name: str, *, runs_root: Path = Path("runs"), out: Pat
     exp_dir = experiment_path(name, runs_root)
     page = render(exp_dir, definition or load_definition(), detect_validation(exp_dir, k, sources))
     path = out or exp_dir / "dashboard.html"
-    path.write_text(page)
+    write_text_atomic(path, page)
     return path

@@ -16,7 +16,8 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator.tune_runner import ExperimentPlan, load_plan
+from orchestrator.config.plan import ExperimentPlan
+from orchestrator.store import ExperimentDir, TrialDir, validations
 
 # the paper's column order; local synthetic benchmarks carry a ``local_`` prefix
 PAPER_ORDER = ["aime24", "aime25", "amc23", "math500", "minerva", "olympiad"]
@@ -51,23 +52,14 @@ def _source(data_source: str) -> str:
     return data_source.removeprefix("local_")
 
 
-def read_trial(exp_dir: Path, planned) -> TrialResult:
-    trial_dir = exp_dir / "trials" / planned.name
-    records = []
-    path = trial_dir / "metrics.jsonl"
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                pass
-    status = json.loads((trial_dir / "status.json").read_text()) if (trial_dir / "status.json").exists() else {}
-    validations = [r for r in records if any(k.startswith("val-core/") for k in r.get("data", {}))]
+def final_validation(records: list[dict]) -> tuple[int | None, dict[str, float], dict[str, dict[int, float]]]:
+    """k, the last validation's ``<source>/avg`` and ``<source>/pass`` (Pass@k at k = n), and Pass@k per k."""
+    found = validations(records)
     final: dict[str, float] = {}
     passk: dict[str, dict[int, float]] = {}
     k = None
-    if validations:
-        last = validations[-1]["data"]
+    if found:
+        _, last = found[-1]
         for key, value in last.items():
             parts = key.split("/")
             if len(parts) != 4 or parts[2] != "acc":
@@ -81,10 +73,16 @@ def read_trial(exp_dir: Path, planned) -> TrialResult:
         for source, values in passk.items():
             if k in values:
                 final[f"{source}/pass"] = values[k]
-    wall = sum((a["ended"] or a["started"]) - a["started"] for a in status.get("attempts", []) if a.get("started"))
-    return TrialResult(planned.name, planned.label, planned.trial.algorithm, planned.trial.seed,
-                       status.get("state", "pending"), max((int(r["step"]) for r in records), default=0), k, final,
-                       passk, wall, int(status.get("gpus", 0)), len(status.get("attempts", [])))
+    return k, final, passk
+
+
+def read_trial(files: TrialDir, name: str, label: str, algorithm: str, seed: int) -> TrialResult:
+    records = files.records()
+    status = files.status()
+    k, final, passk = final_validation(records)
+    return TrialResult(name, label, algorithm, seed, status.get("state", "pending"),
+                       max((int(r["step"]) for r in records), default=0), k, final, passk, files.wall_seconds(),
+                       int(status.get("gpus", 0)), len(status.get("attempts", [])))
 
 
 @dataclass
@@ -93,11 +91,40 @@ class Row:
     algorithm: str
     trials: list[TrialResult]
 
+    def values(self, key: str) -> list[float]:
+        return [t.final[key] for t in self.trials if key in t.final]
+
     def cell(self, key: str) -> tuple[float, float] | None:
-        values = [t.final[key] for t in self.trials if key in t.final]
+        """(mean, standard deviation) over seeds."""
+        values = self.values(key)
         if not values:
             return None
         return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def group_rows(trials: list[TrialResult]) -> list[Row]:
+    """One row per label (an algorithm, or an (alpha, beta) setting), in the order labels first appear."""
+    by_label: dict[str, Row] = {}
+    for trial in trials:
+        by_label.setdefault(trial.label, Row(trial.label, trial.algorithm, [])).trials.append(trial)
+    return list(by_label.values())
+
+
+def ordered_sources(trials: list[TrialResult]) -> list[str]:
+    """The validation sets the trials logged, in the paper's column order (others after, by name)."""
+    found = {key.split("/")[0] for t in trials for key in t.final} - {"average"}
+    return [s for s in PAPER_ORDER if s in found] + sorted(found - set(PAPER_ORDER))
+
+
+def best_labels(rows: list[Row], columns: list[str]) -> dict[str, str]:
+    """column -> the label of the row with the highest mean."""
+    out = {}
+    for column in columns:
+        cells = {row.label: row.cell(column) for row in rows}
+        cells = {label: c[0] for label, c in cells.items() if c is not None}
+        if cells:
+            out[column] = max(cells, key=cells.get)
+    return out
 
 
 @dataclass
@@ -115,25 +142,16 @@ class Results:
         return [f"{s}/{m}" for s in [*self.sources, "average"] for m in ("avg", "pass")]
 
     def best(self) -> dict[str, str]:
-        out = {}
-        for column in self.columns():
-            cells = {row.label: row.cell(column) for row in self.rows}
-            cells = {label: c[0] for label, c in cells.items() if c is not None}
-            if cells:
-                out[column] = max(cells, key=cells.get)
-        return out
+        return best_labels(self.rows, self.columns())
 
 
 def collect(exp_dir: Path) -> Results:
-    plan = load_plan(exp_dir)
-    by_label: dict[str, Row] = {}
-    for planned in plan.trials:
-        row = by_label.setdefault(planned.label, Row(planned.label, planned.trial.algorithm, []))
-        row.trials.append(read_trial(exp_dir, planned))
-    found = {key.split("/")[0] for row in by_label.values() for t in row.trials for key in t.final} - {"average"}
-    sources = [s for s in PAPER_ORDER if s in found] + sorted(found - set(PAPER_ORDER))
-    ks = {t.k for row in by_label.values() for t in row.trials if t.k}
-    return Results(plan, list(by_label.values()), sources, max(ks) if ks else None)
+    experiment = ExperimentDir(exp_dir)
+    plan = experiment.plan()
+    trials = [read_trial(experiment.trial(t.name), t.name, t.label, t.trial.algorithm, t.trial.seed)
+              for t in plan.trials]
+    ks = {t.k for t in trials if t.k}
+    return Results(plan, group_rows(trials), ordered_sources(trials), max(ks) if ks else None)
 
 
 def _fmt(cell: tuple[float, float] | None, seeds: int) -> str:

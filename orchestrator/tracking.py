@@ -32,12 +32,14 @@ from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import urlparse
 
+from orchestrator.errors import UserError
+
 TRIAL_JSON_ENV = "MASPO_TRIAL_JSON"
 DEFAULT_PROJECT = "maspo"
 _ID_UNSAFE = re.compile(r"[^a-z0-9_-]+")
 
 
-class TrackingError(ValueError):
+class TrackingError(UserError):
     """A user-facing problem with W&B (no credentials, no such experiment); the message is one line."""
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 def render(planned, plan, trial_dir: Path, attempt_dir: Path):
     """The renderer the trial controller calls instead of verl's (``renderer="tests.standin_job:render"``)."""
-    from orchestrator.runner import TrialJob
+    from orchestrator.jobs import TrialJob
 
     from orchestrator.scales import gpus_of
 

@@ -11,13 +11,13 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from orchestrator import cluster_cli
-from orchestrator.cluster_cli import cluster_app, data_app, ray_executable
+from orchestrator.cli import cluster as cluster_cli
+from orchestrator.cli.cluster import cluster_app, data_app, ray_executable
 
 CLUSTER = Path(__file__).resolve().parents[1] / "cluster"
 ONPREM = CLUSTER / "a100-onprem.yaml"
 
-# what the lead wires into orchestrator/cli.py
+# what the lead wires into orchestrator/cli/__init__.py
 app = typer.Typer()
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(data_app, name="data")

@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.experiment_spec import CompareSpec, SpecError, SweepSpec, load_spec, plan_experiment
-from orchestrator.tune_runner import MetricStream, save_plan, tune_metrics
+from orchestrator.config.experiment import CompareSpec, SpecError, SweepSpec, load_spec, plan_experiment
+from orchestrator.store import ExperimentDir, MetricStream, summary as tune_metrics
 
 runner = CliRunner()
 
@@ -128,7 +128,7 @@ def test_results_table_from_trial_files(tmp_path):
 
     plan = plan_experiment(load_spec("compare"), baselines="grpo", seeds=2, name="r")
     exp_dir = tmp_path / "r"
-    save_plan(plan, exp_dir)
+    ExperimentDir(exp_dir).save_plan(plan)
     values = {("maspo", 0): 0.50, ("maspo", 1): 0.60, ("grpo", 0): 0.40, ("grpo", 1): 0.45}
     for planned in plan.trials:
         d = exp_dir / "trials" / planned.name
@@ -209,7 +209,7 @@ def test_the_paper_matrix_dry_runs_with_gpus_and_gpu_hours(args, trials, gpus):
 
 
 def test_resume_point_skips_a_checkpoint_whose_step_was_never_logged(tmp_path):
-    from orchestrator.tune_runner import resume_point
+    from orchestrator.store import resume_point
 
     ckpt = tmp_path / "checkpoints"
     for step in (1, 2):

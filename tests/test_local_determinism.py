@@ -153,8 +153,8 @@ def test_same_seed_same_first_step_metrics(tmp_path):
     """Two tiny GRPO trials with seed 0 (two updates per step): every metric of steps 0 and 1 is equal."""
     from rich.console import Console
 
-    from orchestrator.runner import run_local_trial
-    from orchestrator.specs import LocalProfile, trial_config
+    from orchestrator.local_trial import run_local_trial
+    from orchestrator.config.trial import LocalProfile, trial_config
 
     trial = trial_config("grpo", {}, seed=0, profile=LocalProfile(**TINY))
     runs = []

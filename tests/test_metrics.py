@@ -61,7 +61,7 @@ def test_missing_samples_count_as_failures():
 
 
 def test_jsonl_tail_reads_appended_records_partial_lines_and_restarts(tmp_path):
-    from orchestrator.metrics import JsonlTail
+    from orchestrator.store import JsonlTail
 
     path = tmp_path / "m.jsonl"
     tail = JsonlTail(path)

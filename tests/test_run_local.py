@@ -44,9 +44,9 @@ def test_checking_a_users_input_imports_neither_torch_nor_verl():
     the critical path of every command, and of every mistake's one-line answer)."""
     code = """
 import sys
-from orchestrator import cli, experiment_spec, runner, specs, tune_runner
-from orchestrator.experiment_spec import load_spec
-from orchestrator.specs import trial_config
+from orchestrator import cli, jobs, local_trial, render, store, tune_runner
+from orchestrator.config.experiment import load_spec
+from orchestrator.config.trial import trial_config
 trial = trial_config("maspo", {"alpha": 0.3, "beta": 0.03}, seed=1)
 spec = load_spec("sweeps/alpha-beta.yaml")
 heavy = sorted(m for m in ("torch", "verl", "ray", "transformers", "wandb") if m in sys.modules)
@@ -61,8 +61,8 @@ def test_rendering_a_trials_verl_command_imports_neither_torch_nor_verl(tmp_path
     code = f"""
 import sys
 from pathlib import Path
-from orchestrator.runner import LocalAssets, render_local_trial
-from orchestrator.specs import trial_config
+from orchestrator.render import LocalAssets, render_local_trial
+from orchestrator.config.trial import trial_config
 out = Path({str(tmp_path)!r})
 assets = LocalAssets(out / "model", out / "train.parquet", [out / "val.parquet"])
 for name, values in (("maspo", {{"alpha": 0.3}}), ("bapo", {{}}), ("grpo", {{}})):

@@ -79,7 +79,7 @@ def test_credentials_switch_online_and_the_key_never_leaves(monkeypatch, tmp_pat
 
 
 def test_run_id_is_stable_and_wandb_safe():
-    from orchestrator.specs import trial_config
+    from orchestrator.config.trial import trial_config
 
     trial = trial_config("maspo", {"alpha": 0.3}, seed=2)
     first = tracking.run_id("Alpha Beta/demo!", trial.stable_hash())
@@ -122,7 +122,7 @@ def run_hook_script(tmp_path, backends, extra_env):
 
 
 def test_hook_gives_verl_runs_the_trial_identity_step_axis_and_config(tmp_path, monkeypatch):
-    from orchestrator.specs import trial_config
+    from orchestrator.config.trial import trial_config
 
     clean_env(monkeypatch, tmp_path)
     trial = trial_config("maspo", {"alpha": 0.3, "beta": 0.1}, seed=1)
@@ -215,7 +215,7 @@ def test_sync_command_dry_run_and_error_line(tmp_path, monkeypatch):
     import typer
     from typer.testing import CliRunner
 
-    from orchestrator.tracking_cli import sync_command
+    from orchestrator.cli.sync import sync_command
 
     clean_env(monkeypatch, tmp_path)
     app = typer.Typer()
@@ -392,7 +392,7 @@ def test_dashboard_local_command_and_its_errors(tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from orchestrator.dashboard_cli import dashboard_app
+    from orchestrator.cli.dashboard import dashboard_app
 
     runs = make_experiment(tmp_path)
     app = typer.Typer()

@@ -13,8 +13,10 @@ import pytest
 from rich.console import Console
 
 from orchestrator.cluster import free_ports
-from orchestrator.specs import trial_config
-from orchestrator.tune_runner import ExperimentPlan, PlannedTrial, run_experiment, save_plan, trial_name
+from orchestrator.config.trial import trial_config
+from orchestrator.config.plan import ExperimentPlan, PlannedTrial, trial_name
+from orchestrator.store import ExperimentDir
+from orchestrator.tune_runner import run_experiment
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +46,7 @@ def test_more_trials_than_slots_never_oversubscribe_and_all_finish(two_gpu_nodes
                           seeds=list(range(5)), steps=3, max_concurrent=5, slots_per_trial=1, max_failures=0,
                           trials=[PlannedTrial(name=trial_name(t), label=f"grpo s{t.seed}", trial=t) for t in trials])
     exp_dir = tmp_path / "slots"
-    save_plan(plan, exp_dir)
+    ExperimentDir(exp_dir).save_plan(plan)
 
     code = run_experiment(plan, exp_dir, Console(file=open(tmp_path / "out.txt", "w")),
                           address=two_gpu_nodes.address, renderer="tests.standin_job:render", poll_s=0.2)

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.specs import trial_config
-from orchestrator.tune_runner import ExperimentPlan, PlannedTrial, save_plan, trial_name
+from orchestrator.config.trial import trial_config
+from orchestrator.config.plan import ExperimentPlan, PlannedTrial, trial_name
+from orchestrator.store import ExperimentDir
 
 pytestmark = pytest.mark.slow
 
@@ -25,9 +26,10 @@ RUN = """
 import sys
 from pathlib import Path
 from rich.console import Console
-from orchestrator.tune_runner import load_plan, run_experiment
+from orchestrator.store import ExperimentDir
+from orchestrator.tune_runner import run_experiment
 exp_dir = Path(sys.argv[1])
-sys.exit(run_experiment(load_plan(exp_dir), exp_dir, Console(), restore=sys.argv[2] == "restore",
+sys.exit(run_experiment(ExperimentDir(exp_dir).plan(), exp_dir, Console(), restore=sys.argv[2] == "restore",
                         renderer="tests.standin_job:render", poll_s=0.2))
 """
 
@@ -46,7 +48,7 @@ def test_sigint_then_restore_runs_only_the_unfinished_trials(tmp_path):
                           seeds=[0, 1, 2], steps=4, max_concurrent=1, max_failures=0,
                           trials=[PlannedTrial(name=n, label=n, trial=t) for n, t in zip(names, trials)])
     exp_dir = tmp_path / "interrupted"
-    save_plan(plan, exp_dir)
+    ExperimentDir(exp_dir).save_plan(plan)
     env = {**os.environ, "STANDIN_SECONDS": "4", "PYTHONPATH": str(Path(__file__).parents[1])}
 
     first = subprocess.Popen([sys.executable, "-c", RUN, str(exp_dir), "start"], env=env, cwd=tmp_path,
@@ -102,7 +104,7 @@ def test_a_killed_driver_stops_its_local_cluster_and_keeps_the_experiment_resuma
     plan = ExperimentPlan(name="killed", kind="compare", spec="test", profile="local", scale="1.5b", seeds=[0],
                           steps=30, max_concurrent=1, max_failures=0, trials=[PlannedTrial(name=name, label=name, trial=trial)])
     exp_dir = tmp_path / "killed"
-    save_plan(plan, exp_dir)
+    ExperimentDir(exp_dir).save_plan(plan)
     env = {**os.environ, "STANDIN_SECONDS": "600", "PYTHONPATH": str(Path(__file__).parents[1])}
     before, temp_dirs = _ray_processes(), set(Path("/tmp").glob("maspo-ray-*"))
     driver = subprocess.Popen([sys.executable, "-c", RUN, str(exp_dir), "start"], env=env, cwd=tmp_path,
@@ -138,7 +140,7 @@ def test_asha_stops_weak_trials_early_and_their_jobs_end(tmp_path):
                           grace_validations=2,
                           trials=[PlannedTrial(name=trial_name(t), label=f"s{t.seed}", trial=t) for t in trials])
     exp_dir = tmp_path / "asha"
-    save_plan(plan, exp_dir)
+    ExperimentDir(exp_dir).save_plan(plan)
     os.environ["STANDIN_SECONDS"] = "4"
     try:
         code = run_experiment(plan, exp_dir, Console(file=open(tmp_path / "out.txt", "w")),

@@ -8,12 +8,13 @@ from typing import Any, Mapping
 from pydantic import ValidationError
 
 from orchestrator.algorithms import hyperparams as hp
+from orchestrator.errors import UserError
 
 # verl's policy_loss node is built as this dataclass (``config.py``; a string here, so this module needs no verl)
 TARGET = "orchestrator.algorithms.config.MaspoPolicyLossConfig"
 
 
-class AlgorithmError(ValueError):
+class AlgorithmError(UserError):
     """A user mistake in an algorithm name or its hyperparameters; the message is meant for the user."""
 
 

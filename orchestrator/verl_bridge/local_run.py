@@ -6,7 +6,8 @@ and, if it wants, more loggers::
 
     env = {**os.environ, **cpu_trainer_env(out_dir)}
     cmd = [sys.executable, "-m", "verl.trainer.main_ppo",
-           *cpu_trainer_overrides(model_dir, train, vals, out_dir=out_dir), *get("grpo").verl_overrides()]
+           *cpu_trainer_overrides(model_dir, train, vals, out_dir=out_dir, ray_temp_dir=short_temp_dir()),
+           *get("grpo").verl_overrides()]
     subprocess.run(cmd, env=env, check=True)
 
 Why each group of settings is there (see the notes, ``verl-on-cpu.md`` section 7):
@@ -75,13 +76,16 @@ def cpu_trainer_overrides(
     project_name: str = "maspo-local",
     experiment_name: str = "local",
     ray_temp_dir: Path | str | None = None,
+    loggers: tuple[str, ...] = ("console", "file"),
 ) -> list[str]:
     """Every Hydra override a CPU run of ``verl.trainer.main_ppo`` needs, except the loss's own.
 
     Batch sizes are in prompts, as verl counts them (each prompt gets ``n_samples`` responses);
     ``ppo_mini_batch_size`` defaults to ``train_batch_size`` (one optimizer step per training step) and
     ``micro_batch_size`` (sequences per forward/backward, also used for log-prob computation) to a whole
-    mini-batch. ``ray_temp_dir=None`` creates a fresh short directory under /tmp. ``lr=None`` keeps verl's.
+    mini-batch. ``ray_temp_dir`` makes the run start its own private Ray there (a short path: see
+    :func:`short_temp_dir`); None renders no Ray settings, for a job that joins an existing cluster. Rendering
+    has no side effects. ``lr=None`` keeps verl's.
     """
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
@@ -90,7 +94,6 @@ def cpu_trainer_overrides(
     mini = ppo_mini_batch_size or train_batch_size
     micro = micro_batch_size or mini * n_samples
     out_dir = Path(out_dir)
-    temp_dir = str(ray_temp_dir) if ray_temp_dir is not None else short_temp_dir()
 
     overrides = [
         # algorithm and data
@@ -132,7 +135,7 @@ def cpu_trainer_overrides(
         "trainer.device=cpu",
         "trainer.nnodes=1",
         "trainer.n_gpus_per_node=1",
-        "trainer.logger=['console','file']",
+        "trainer.logger=[" + ",".join(f"'{name}'" for name in loggers) + "]",
         f"trainer.project_name={project_name}",
         f"trainer.experiment_name={experiment_name}",
         f"trainer.default_local_dir={out_dir / 'checkpoints'}",
@@ -140,13 +143,13 @@ def cpu_trainer_overrides(
         f"trainer.test_freq={test_freq}",
         "trainer.val_before_train=True",
         "trainer.save_freq=-1",
-        # Ray and TransferQueue on one small machine
-        f"ray_kwargs.ray_init.num_cpus={RAY_LOGICAL_CPUS}",
-        "+ray_kwargs.ray_init.num_gpus=1",
-        f"+ray_kwargs.ray_init._temp_dir={temp_dir}",
-        "+ray_kwargs.ray_init.include_dashboard=False",
+        # TransferQueue on one small machine
         "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
     ]
+    if ray_temp_dir is not None:  # a run of its own: a private Ray with one fake GPU
+        overrides += [f"ray_kwargs.ray_init.num_cpus={RAY_LOGICAL_CPUS}", "+ray_kwargs.ray_init.num_gpus=1",
+                      f"+ray_kwargs.ray_init._temp_dir={ray_temp_dir}",
+                      "+ray_kwargs.ray_init.include_dashboard=False"]
     if precision == "fp32":
         fp32 = "{param_dtype:fp32,reduce_dtype:fp32,buffer_dtype:fp32}"
         overrides += [f"+actor_rollout_ref.actor.fsdp_config.mixed_precision={fp32}",

@@ -3,7 +3,7 @@
 A spec says WHAT to compare (algorithms and hyperparameters); the command line says WHERE and HOW MUCH
 (profile, scale, seeds, steps). :func:`load_spec` validates a file once, at the edge; every failure is a
 :class:`SpecError` naming the file, the field and the reason. :func:`expand` turns a spec plus the command's
-choices into the list of :class:`~orchestrator.specs.TrialConfig` the Tune experiment runs.
+choices into the list of :class:`~orchestrator.config.trial.TrialConfig` the Tune experiment runs.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from orchestrator.algorithms import AlgorithmError, get
 
 SCALES = ("1.5b", "7b", "14b")
-SPEC_DIR = Path(__file__).resolve().parents[1] / "sweeps"
+SPEC_DIR = Path(__file__).resolve().parents[2] / "sweeps"
 Scale = Literal["1.5b", "7b", "14b"]
 
 
@@ -157,8 +157,8 @@ def plan_experiment(spec: SweepSpec | CompareSpec, *, name: str | None = None, p
                     max_concurrent: int = 1, scheduler: Literal["fifo", "asha"] = "fifo", grace_validations: int = 3,
                     max_failures: int = 2, profile_settings: dict[str, Any] | None = None, spec_file: str = ""):
     """The experiment a command describes; every choice is validated here, before any cluster work."""
-    from orchestrator.specs import trial_config
-    from orchestrator.tune_runner import ExperimentPlan, PlannedTrial, trial_name
+    from orchestrator.config.trial import trial_config
+    from orchestrator.config.plan import ExperimentPlan, PlannedTrial, trial_name
 
     if profile not in ("local", "a100"):
         raise SpecError(f"unknown profile {profile!r}; valid: local, a100")

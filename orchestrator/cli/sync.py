@@ -1,4 +1,4 @@
-"""``maspo sync NAME``: upload an experiment's offline W&B runs (a command function for cli.py to register)."""
+"""``maspo sync NAME``: upload an experiment's offline W&B runs (a command function registered by the cli package)."""
 
 from __future__ import annotations
 

@@ -13,89 +13,14 @@ Job (to a private local Ray started for it), its JSONL metrics tailed while it r
 
 from __future__ import annotations
 
-import json
-import shlex
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator.specs import LocalProfile, TrialConfig
-
-TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-
-
-@dataclass(frozen=True)
-class LocalAssets:
-    model_dir: Path
-    train_file: Path
-    val_files: list[Path]
-
-
-def prepare_local_assets(profile: LocalProfile, seed: int, progress=None) -> LocalAssets:
-    """The warm-started tiny model (or the profile's model) and the synthetic data set, both cached."""
-    from orchestrator.local import tasks
-    from orchestrator.local.tiny_model import cache_root
-    from orchestrator.local.warm_start import warm_start_model
-
-    model_dir = Path(profile.model_path) if profile.model_path else warm_start_model(progress=progress)
-    data_dir = cache_root() / f"data-s{seed}-v{profile.n_val_problems}-r{tasks.RECIPE_VERSION}"
-    train = data_dir / "train.parquet"
-    vals = [data_dir / f"val_{name}.parquet" for name, _ in tasks.BENCHMARKS]
-    if not (train.exists() and all(v.exists() for v in vals)):
-        tasks.write_dataset(data_dir, n_val=profile.n_val_problems, seed=seed)
-    return LocalAssets(model_dir, train, vals)
-
-
-@dataclass
-class TrialJob:
-    """The rendered verl command of one trial: overrides and environment."""
-
-    overrides: list[str]
-    env: dict[str, str]
-    out_dir: Path
-    metrics_path: Path
-
-    module: str = "verl.trainer.main_ppo"
-
-    def entrypoint(self, python: str = sys.executable) -> str:
-        return " ".join([shlex.quote(python), "-m", self.module, *map(shlex.quote, self.overrides)])
-
-
-def render_local_trial(trial: TrialConfig, assets: LocalAssets, out_dir: Path, name: str, *,
-                       metrics_path: Path | None = None, checkpoint_every: int | None = None) -> TrialJob:
-    """verl overrides and job environment for a trial on the local profile.
-
-    ``metrics_path`` is where verl's file logger writes (default ``<out_dir>/metrics.jsonl``; verl truncates it
-    at start, so a retried attempt gets a file of its own). ``checkpoint_every`` saves a checkpoint every that
-    many steps under ``<out_dir>/checkpoints`` and makes the run resume from the latest one (verl's
-    ``resume_mode=auto``); None keeps no checkpoints.
-    """
-    from orchestrator.algorithms import get
-    from orchestrator.verl_bridge.local_run import cpu_trainer_env, cpu_trainer_overrides
-
-    p = trial.profile
-    overrides = cpu_trainer_overrides(
-        assets.model_dir, assets.train_file, assets.val_files, out_dir=out_dir, n_samples=p.n_samples,
-        val_n=p.val_n, train_batch_size=p.train_batch_size, ppo_mini_batch_size=p.ppo_mini_batch_size,
-        max_response_length=p.max_response_length, total_steps=p.steps, test_freq=p.test_freq, seed=trial.seed,
-        lr=p.lr, project_name="maspo-local", experiment_name=name, ray_temp_dir="/tmp/unused",
-    )
-    # the job joins the trial's Ray cluster: no ray.init settings of its own
-    overrides = [o for o in overrides if not o.lstrip("+").startswith("ray_kwargs.ray_init.")]
-    overrides = [o if not o.startswith("trainer.logger=") else "trainer.logger=['console','file','wandb']"
-                 for o in overrides]
-    if checkpoint_every:
-        overrides = [o for o in overrides if not o.startswith("trainer.save_freq=")]
-        overrides += [f"trainer.save_freq={checkpoint_every}", "trainer.resume_mode=auto",
-                      "trainer.max_actor_ckpt_to_keep=2"]  # a retry may need the one before the latest
-    overrides += get(trial.algorithm).verl_overrides(trial.params)
-    env = {k: v for k, v in cpu_trainer_env(out_dir).items() if k != "RAY_ADDRESS"}
-    if metrics_path is not None:
-        env["VERL_FILE_LOGGER_PATH"] = str(metrics_path)
-    env.update({"WANDB_MODE": "offline", "WANDB_DIR": str(out_dir), "WANDB_SILENT": "true",
-                "PYTHONUNBUFFERED": "1"})
-    return TrialJob(overrides, env, out_dir, Path(env["VERL_FILE_LOGGER_PATH"]))
+from orchestrator.config.trial import TrialConfig
+from orchestrator.jobs import JobRun, redacted
+from orchestrator.render import prepare_local_assets, render_local_trial
+from orchestrator.store import TrialDir
 
 
 @dataclass
@@ -139,7 +64,6 @@ def run_local_trial(trial: TrialConfig, name: str, out_dir: Path, console, poll_
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from orchestrator.cluster import LocalRayCluster
-    from orchestrator.metrics import JsonlTail
 
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -157,37 +81,22 @@ def run_local_trial(trial: TrialConfig, name: str, out_dir: Path, console, poll_
         from orchestrator.tracking import trial_wandb_env
 
         job.env.update(trial_wandb_env(trial, experiment=name, trial_name=name, tags=["run"]))
-        (out_dir / "trial.json").write_text(json.dumps({
+        TrialDir(out_dir).write_info({
             "name": name, "trial": trial.model_dump(mode="json"), "trial_hash": trial.stable_hash(),
-            "model_dir": str(assets.model_dir), "entrypoint": job.entrypoint(),
-            "env": {k: v for k, v in job.env.items() if "KEY" not in k and "TOKEN" not in k},
-        }, indent=1))
+            "model_dir": str(assets.model_dir), "entrypoint": job.entrypoint(), "env": redacted(job.env),
+        })
         progress.update(task, description="starting Ray", info="")
         with LocalRayCluster(log_dir=out_dir) as cluster:
-            client = cluster.job_client()
-            submission_id = f"{name}-{int(time.time())}"
-            client.submit_job(entrypoint=job.entrypoint(), submission_id=submission_id,
-                              runtime_env={"env_vars": job.env})
+            run = JobRun(cluster.job_client(), job, f"{name}-{int(time.time())}", log_path=out_dir / "job.log",
+                         poll_s=poll_s)
             progress.update(task, description="starting verl")
-            tail = JsonlTail(job.metrics_path)
-            status = "PENDING"
-            try:
-                while True:
-                    for record in tail.read():
-                        state.update(record, time.monotonic() - started)
-                    if state.first_record_s is not None:
-                        progress.update(task, description="training", completed=state.step, info=state.summary_line())
-                    status = str(client.get_job_status(submission_id).value)
-                    if status in TERMINAL:
-                        for record in tail.read():
-                            state.update(record, time.monotonic() - started)
-                        progress.update(task, completed=state.step, info=state.summary_line())
-                        break
-                    time.sleep(poll_s)
-            finally:
-                if status not in TERMINAL:
-                    client.stop_job(submission_id)
-                (out_dir / "job.log").write_text(client.get_job_logs(submission_id))
+
+            def show(records: list[dict]) -> None:
+                for record in records:
+                    state.update(record, time.monotonic() - started)
+                progress.update(task, description="training", completed=state.step, info=state.summary_line())
+
+            status = run.run(show)
     elapsed = time.monotonic() - started
     print_summary(console, name, trial, state, status, elapsed, out_dir)
     return 0 if status == "SUCCEEDED" else 1

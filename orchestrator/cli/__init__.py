@@ -26,11 +26,11 @@ err_console = Console(stderr=True, soft_wrap=True)
 @contextmanager
 def user_errors() -> Iterator[None]:
     """A user's mistake ends the command with one clear line and exit code 2, never a traceback."""
-    from orchestrator.algorithms import AlgorithmError
+    from orchestrator.errors import UserError
 
     try:
         yield
-    except AlgorithmError as err:
+    except UserError as err:
         err_console.print(f"[bold red]error:[/] {err}")
         raise typer.Exit(2) from None
 
@@ -138,8 +138,8 @@ def run_command(
     lr: Optional[float] = typer.Option(None, help="Actor learning rate (default: the profile's)."),
 ) -> None:
     """Run ONE trial: verl's trainer as a Ray Job, with live progress and a summary at the end."""
-    from orchestrator.runner import run_local_trial
-    from orchestrator.specs import trial_config
+    from orchestrator.local_trial import run_local_trial
+    from orchestrator.config.trial import trial_config
 
     with user_errors():
         values = parse_assignments(hp)
@@ -168,12 +168,14 @@ SCALE_HELP = "Model scale of the a100 profile: 1.5b, 7b or 14b (picks Table 4's 
 
 
 def _launch(plan, *, dry_run: bool, address: Optional[str], root: Path, resume: bool = False) -> None:
-    from orchestrator.tune_runner import (check_ready, dry_run_lines, experiment_dir, load_plan, run_experiment,
-                                          save_plan)
+    from orchestrator.render import dry_run_lines
+    from orchestrator.store import ExperimentDir
+    from orchestrator.tune_runner import check_ready, run_experiment
 
-    exp_dir = experiment_dir(plan.name, root)
+    experiment = ExperimentDir.named(plan.name, root)
+    exp_dir = experiment.path
     if dry_run:
-        _print_dry_run(plan, dry_run_lines(plan))
+        _print_dry_run(plan, dry_run_lines(plan, root))
         return
     with user_errors():
         check_ready(plan, address)  # a cluster and its data, before anything is written or started
@@ -183,7 +185,7 @@ def _launch(plan, *, dry_run: bool, address: Optional[str], root: Path, resume: 
                 from orchestrator.algorithms import AlgorithmError
 
                 raise AlgorithmError(f"nothing to resume: {exp_dir / 'tune'} does not exist")
-            plan = load_plan(exp_dir)
+            plan = experiment.plan()
     else:
         with user_errors():
             if (exp_dir / "tune").exists():
@@ -191,7 +193,7 @@ def _launch(plan, *, dry_run: bool, address: Optional[str], root: Path, resume: 
 
                 raise AlgorithmError(f"experiment {plan.name!r} exists at {exp_dir}; continue it with --resume "
                                      f"(or `maspo resume {plan.name}`), or pick another --name")
-        save_plan(plan, exp_dir)
+        experiment.save_plan(plan)
     console.print(f"[bold]{plan.name}[/]: {len(plan.trials)} trial(s) of verl on the {plan.profile} profile, "
                   f"at most {plan.max_concurrent} at a time, {plan.steps} steps each"
                   f"{', resuming' if resume else ''}. Outputs: {exp_dir}")
@@ -205,23 +207,11 @@ def _launch(plan, *, dry_run: bool, address: Optional[str], root: Path, resume: 
         console.print(f"dashboard (open in a browser, works offline): {page.resolve()}")
     except Exception as err:  # noqa: BLE001 (the results are printed; a page that fails must not hide them)
         console.print(f"[yellow]no local dashboard: {err}[/]")
-    unfinished = _unfinished(plan, exp_dir)
+    unfinished = experiment.unfinished(plan)
     if unfinished:
         console.print(f"[yellow]{len(unfinished)} trial(s) unfinished[/]; continue with: maspo resume {plan.name}"
                       + (f" --root {root}" if root != Path("runs") else ""))
     raise typer.Exit(code)
-
-
-def _unfinished(plan, exp_dir: Path) -> list[str]:
-    import json
-
-    names = []
-    for planned in plan.trials:
-        status_path = exp_dir / "trials" / planned.name / "status.json"
-        state = json.loads(status_path.read_text()).get("state") if status_path.exists() else "pending"
-        if state != "succeeded":
-            names.append(planned.name)
-    return names
 
 
 def _print_dry_run(plan, lines) -> None:
@@ -262,7 +252,7 @@ def _print_results(exp_dir: Path, passk: bool = False) -> None:
 
 def _experiment_options(spec, *, name, profile, scale, seeds, steps, max_concurrent, scheduler, demo, grid="listed",
                         baselines="all", spec_file="", profile_set=()):
-    from orchestrator.experiment_spec import plan_experiment
+    from orchestrator.config.experiment import plan_experiment
 
     settings = {k: (int(v) if isinstance(v, float) and v.is_integer() else v)
                 for k, v in parse_assignments(list(profile_set)).items()}
@@ -296,7 +286,7 @@ def sweep_command(
     One Ray Tune experiment; each trial is a full verl training run submitted as a Ray Job. Ends with the
     results table (also: `maspo results NAME`).
     """
-    from orchestrator.experiment_spec import SweepSpec, load_spec, spec_path
+    from orchestrator.config.experiment import SweepSpec, load_spec, spec_path
 
     with user_errors():
         loaded = load_spec(spec)
@@ -333,7 +323,7 @@ def compare_command(
                                           help="A profile setting NAME=VALUE, e.g. -P test_freq=2 (repeatable)."),
 ) -> None:
     """MASPO against baselines with the paper's Table 4 hyperparameters, as one Ray Tune experiment."""
-    from orchestrator.experiment_spec import CompareSpec, load_spec, spec_path
+    from orchestrator.config.experiment import CompareSpec, load_spec, spec_path
 
     with user_errors():
         loaded = load_spec(spec)
@@ -355,10 +345,10 @@ def resume_command(
     root: Path = typer.Option(Path("runs"), help="Where experiments live."),
 ) -> None:
     """Continue an interrupted sweep or comparison: only unfinished trials run, from their last checkpoint."""
-    from orchestrator.tune_runner import experiment_dir, load_plan
+    from orchestrator.store import ExperimentDir
 
     with user_errors():
-        plan = load_plan(experiment_dir(name, root))
+        plan = ExperimentDir.named(name, root).plan()
     _launch(plan, dry_run=False, address=address, root=root, resume=True)
 
 
@@ -372,11 +362,11 @@ def results_command(
 ) -> None:
     """The experiment's final validation in the layout of the paper's Table 1, best in bold; trials' GPU-hours."""
     from orchestrator.results import collect, to_csv, to_json
-    from orchestrator.tune_runner import experiment_dir, load_plan
+    from orchestrator.store import ExperimentDir
 
-    exp_dir = experiment_dir(name, root)
     with user_errors():
-        load_plan(exp_dir)
+        exp_dir = ExperimentDir.named(name, root).path
+        ExperimentDir(exp_dir).plan()
     _print_results(exp_dir, passk=passk)
     results = collect(exp_dir)
     if csv_out:
@@ -394,7 +384,7 @@ def _cluster_address(cluster: Optional[Path], address: Optional[str], dry_run: b
     import subprocess
 
     from orchestrator.algorithms import AlgorithmError
-    from orchestrator.cluster_cli import ray_executable
+    from orchestrator.cli.cluster import ray_executable
     from orchestrator.cluster_config import ClusterConfigError, validate_cluster_yaml
 
     with user_errors():
@@ -429,16 +419,15 @@ def demo_command(
 
     Two (alpha, beta) settings, each a real verl run on CPU under Ray Tune; at the end the results table, the trials' W&B offline runs and a local HTML dashboard. The first run builds and warm-starts the tiny model (cached afterwards under ~/.cache/maspo). Run again, it resumes an interrupted demo or shows the finished one's results.
     """
-    from orchestrator.tune_runner import experiment_dir
+    from orchestrator.store import ExperimentDir
 
     console.print("[bold]maspo demo[/]: `maspo sweep alpha-beta --demo` on the local profile: verl's own trainer "
                   "on CPU, a tiny warm-started Qwen2, synthetic math with graded difficulty, W&B offline.")
     name = "alpha-beta-demo"
-    exp_dir = experiment_dir(name, root)
-    if (exp_dir / "tune").exists():
-        from orchestrator.tune_runner import load_plan
-
-        if _unfinished(load_plan(exp_dir), exp_dir):
+    experiment = ExperimentDir.named(name, root)
+    exp_dir = experiment.path
+    if experiment.exists():
+        if experiment.unfinished(experiment.plan()):
             console.print(f"{exp_dir} exists, unfinished: resuming it")
             resume_command(name=name, address=None, root=root)
         console.print(f"{exp_dir} is done: its results (delete the directory to run the demo again)")
@@ -450,9 +439,9 @@ def demo_command(
 
 
 def _mount_subcommands() -> None:
-    from orchestrator.cluster_cli import cluster_app, data_app
-    from orchestrator.dashboard_cli import dashboard_app
-    from orchestrator.tracking_cli import sync_command
+    from orchestrator.cli.cluster import cluster_app, data_app
+    from orchestrator.cli.dashboard import dashboard_app
+    from orchestrator.cli.sync import sync_command
 
     app.add_typer(cluster_app, name="cluster")
     app.add_typer(data_app, name="data")
@@ -466,6 +455,3 @@ _mount_subcommands()
 def main() -> None:
     app()
 
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""``maspo dashboard publish NAME`` and ``maspo dashboard local NAME`` (a Typer sub-app for cli.py to mount)."""
+"""``maspo dashboard publish NAME`` and ``maspo dashboard local NAME`` (a Typer sub-app mounted by the cli package)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,5 @@
+"""``python -m orchestrator.cli`` is ``maspo``."""
+
+from orchestrator.cli import main
+
+main()

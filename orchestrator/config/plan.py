@@ -1,0 +1,61 @@
+"""The plan of an experiment: what a ``maspo sweep``/``compare`` command decided, before anything starts.
+
+Saved as ``runs/<NAME>/experiment.json`` by :mod:`orchestrator.store` (the only module that reads or writes it).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.config.trial import TrialConfig
+
+
+class PlannedTrial(BaseModel):
+    """One trial of an experiment: a unique directory name, a row label for tables, the config."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    label: str
+    trial: TrialConfig
+
+
+class ExperimentPlan(BaseModel):
+    """Everything a command decided, saved as ``experiment.json`` before anything starts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    kind: Literal["sweep", "compare"]
+    spec: str
+    profile: str
+    scale: str
+    seeds: list[int]
+    steps: int
+    scheduler: Literal["fifo", "asha"] = "fifo"
+    grace_validations: int = Field(3, ge=1)
+    max_concurrent: int = Field(1, ge=1)
+    max_failures: int = Field(2, ge=0)
+    slots_per_trial: int = Field(1, ge=1)
+    trials: list[PlannedTrial]
+    created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    @property
+    def gpus_per_trial(self) -> int:
+        from orchestrator.scales import gpus_of
+
+        return gpus_of(self.trials[0].trial.profile)
+
+    @property
+    def validations(self) -> int:
+        """Validation points of a full trial: before training, every test_freq steps, and the last step."""
+        p = self.trials[0].trial.profile
+        return 1 + len({s for s in range(1, p.steps + 1) if s % p.test_freq == 0 or s == p.steps})
+
+
+def trial_name(trial: TrialConfig) -> str:
+    """Readable and unique: the default name plus a short stable hash of the full config."""
+    return f"{trial.default_name()}-{trial.stable_hash()[:6]}"

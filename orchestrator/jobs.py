@@ -1,0 +1,107 @@
+"""One verl run as one Ray Job: submit it, tail its JSONL while it runs, stop it if we leave early, keep its log.
+
+Both ``maspo run`` (one trial on a private local Ray) and every Tune trial controller of a sweep or comparison
+run their verl job through :class:`JobRun`; docs/orchestration.md says why a trial is a Ray Job and not a
+Tune trainable that runs verl in-process.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from orchestrator.store import JsonlTail, write_text_atomic
+
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+_SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+
+
+def redacted(env: dict[str, str]) -> dict[str, str]:
+    """The environment as it may be written to a file: no variable whose name says it holds a secret."""
+    return {k: v for k, v in env.items() if not any(marker in k.upper() for marker in _SECRET_MARKERS)}
+
+
+@dataclass
+class TrialJob:
+    """The rendered verl command of one trial attempt: Hydra overrides and the job's environment."""
+
+    overrides: list[str]
+    env: dict[str, str]
+    out_dir: Path
+    metrics_path: Path  # where verl's ``file`` logger writes (VERL_FILE_LOGGER_PATH)
+
+    module: str = "verl.trainer.main_ppo"
+
+    def entrypoint(self, python: str = sys.executable) -> str:
+        return " ".join([shlex.quote(python), "-m", self.module, *map(shlex.quote, self.overrides)])
+
+    def command_line(self) -> str:
+        """As a user would type it (``python -m ...``), for dry runs."""
+        return self.entrypoint(python="python")
+
+
+class JobRun:
+    """Run one :class:`TrialJob` on a Ray cluster through a ``JobSubmissionClient``.
+
+    ``run(on_records)`` submits the job, calls ``on_records`` with every batch of new JSONL records while the job
+    runs (and once more after it ended), and returns the job's final status. If anything interrupts the loop
+    (Ctrl-C, a Tune stop, an error in the callback), the job is stopped in ``finally``, so no verl run outlives
+    the process that started it; the job's log is saved to ``log_path`` either way.
+    """
+
+    def __init__(self, client, job: TrialJob, submission_id: str, *, log_path: Path,
+                 metadata: dict[str, str] | None = None, poll_s: float = 1.0):
+        self.client, self.job, self.submission_id = client, job, submission_id
+        self.log_path, self.metadata, self.poll_s = log_path, metadata or {}, poll_s
+        self.status = "PENDING"
+
+    def submit(self) -> None:
+        self.client.submit_job(entrypoint=self.job.entrypoint(), submission_id=self.submission_id,
+                               runtime_env={"env_vars": self.job.env}, metadata=self.metadata)
+
+    def run(self, on_records: Callable[[list[dict]], None]) -> str:
+        self.submit()
+        tail = JsonlTail(self.job.metrics_path)
+        try:
+            while True:
+                records = tail.read()
+                if records:
+                    on_records(records)
+                self.status = str(self.client.get_job_status(self.submission_id).value)
+                if self.status in TERMINAL:
+                    records = tail.read()  # what verl wrote between the last read and its end
+                    if records:
+                        on_records(records)
+                    break
+                time.sleep(self.poll_s)
+        finally:
+            if self.status not in TERMINAL:
+                try:
+                    self.client.stop_job(self.submission_id)
+                    self.status = "STOPPED"
+                except Exception:  # noqa: BLE001 (the cluster may be going away with us)
+                    pass
+            self.save_log()
+        return self.status
+
+    def save_log(self) -> None:
+        try:
+            write_text_atomic(self.log_path, self.client.get_job_logs(self.submission_id))
+        except Exception:  # noqa: BLE001 (a log we cannot fetch must not hide the job's status)
+            pass
+
+
+def stop_jobs(client, metadata: dict[str, str]) -> list[str]:
+    """Stop every job still running whose metadata has all of ``metadata`` (a killed controller's job)."""
+    stopped = []
+    for info in client.list_jobs():
+        meta = info.metadata or {}
+        if all(meta.get(k) == v for k, v in metadata.items()) and str(info.status.value) not in TERMINAL \
+                and info.submission_id:
+            client.stop_job(info.submission_id)
+            stopped.append(info.submission_id)
+    return stopped
