@@ -17,12 +17,17 @@ from typing import Callable
 from orchestrator.store import JsonlTail, write_text_atomic
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-_SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+_SECRET_WORDS = {"KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIALS", "NETRC"}
+
+
+def is_secret(name: str) -> bool:
+    """A variable whose name says it holds a secret (``WANDB_API_KEY``, ``RAY_AUTH_TOKEN``, ...)."""
+    return bool(_SECRET_WORDS & set(name.upper().split("_")))
 
 
 def redacted(env: dict[str, str]) -> dict[str, str]:
     """The environment as it may be written to a file: no variable whose name says it holds a secret."""
-    return {k: v for k, v in env.items() if not any(marker in k.upper() for marker in _SECRET_MARKERS)}
+    return {k: v for k, v in env.items() if not is_secret(k)}
 
 
 @dataclass
