@@ -6,7 +6,7 @@ experiment; :func:`build_workspace` and :func:`build_report` turn the result int
 :mod:`orchestrator.local_dashboard` into an HTML page.
 
 Building is offline. ``wandb_workspaces`` serialises only through the private ``_to_model()`` (pinned version,
-notes/orchestration.md section 4); :func:`to_json` is that JSON with the random panel and runset ids numbered
+docs/orchestration.md#dashboards); :func:`to_json` is that JSON with the random panel and runset ids numbered
 in order, so that it can be compared with golden files. :func:`publish` needs network and W&B credentials.
 """
 

@@ -1,4 +1,4 @@
-"""Validation metrics from per-sample correctness: Avg@k and both Pass@k estimators (spec section 10).
+"""Validation metrics from per-sample correctness: Avg@k and both Pass@k estimators (docs/algorithms.md#pass-at-k).
 
 - Avg@k: per problem the mean correctness of its n samples, then the mean over problems (verl's mean@n).
 - Pass@k, unbiased (Chen et al. 2021, arXiv 2107.03374): 1 - C(n-c, k) / C(n, k) per problem, in the stable

@@ -25,7 +25,7 @@ PAPER_NAMES = {"aime24": "AIME24", "aime25": "AIME25", "amc23": "AMC23", "math50
                "olympiad": "Olympiad", "average": "Average"}
 PAPER_METHOD = {"grpo": "GRPO", "clip_higher": "Clip Higher", "dac": "DAC", "entropy_adv": "Entropy Adv.",
                 "bapo": "BAPO", "sapo": "SAPO", "maspo": "MASPO"}
-PAPER_RESULTS = Path(__file__).resolve().parent / "paper" / "paper_results.csv"  # copied from the spec
+PAPER_RESULTS = Path(__file__).resolve().parent / "paper" / "paper_results.csv"  # the paper's tables, transcribed
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The reward function every profile uses, through verl's ``reward.custom_reward_function`` setting.
 
 verl routes scoring by ``data_source`` name unless a custom function is given; maspo always gives this one, so
-the grader is chosen explicitly (spec section 10):
+the grader is chosen explicitly (docs/algorithms.md#rewards):
 - training samples (``extra_info["split"] == "train"``): math_verify, mapped to +1 / -1 (paper eq. 27);
 - validation samples: prime_math's ``is_correct``.
 The answer is the content of the response's last ``\\boxed{...}``; a response without one scores -1.

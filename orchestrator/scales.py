@@ -2,7 +2,7 @@
 
 A trial on this profile is verl's own ``python -m verl.trainer.main_ppo`` with an FSDP actor and vLLM rollout,
 run as one Ray Job on ``gpus_per_trial`` GPUs (``nodes_per_trial`` whole 8-GPU nodes). Every setting of the
-paper's Table 4 and of the spec's section 15 is a typed field of :class:`A100Profile` whose default is the
+paper's Table 4 and of docs/algorithms.md#decisions is a typed field of :class:`A100Profile` whose default is the
 value those sources give; the scale preset (:data:`SCALE_PRESETS`) fills the model, the learning rate and the
 parallelism knobs. ``render_a100_overrides(...)`` gives the FULL list of Hydra overrides (base settings, then
 the algorithm's own, then the profile's ``extra_overrides``; on a repeated key the last one wins) and
@@ -14,7 +14,7 @@ the algorithm's own, then the profile's ``extra_overrides``; on a repeated key t
     entrypoint = "python -m verl.trainer.main_ppo " + " ".join(map(shlex.quote, overrides))
     runtime_env = {"env_vars": a100_job_env("/shared/exp/trials/x/attempts/1/metrics.jsonl")}
 
-Which values are the paper's and which are this project's decisions (spec section 15) is said per field.
+Which values are the paper's and which are this project's decisions (docs/algorithms.md#decisions) is said per field.
 ``data_dir`` and ``checkpoint_root`` must be on storage every node sees; they default to ``$MASPO_DATA_DIR``
 and ``$MASPO_CHECKPOINT_ROOT`` (the Slurm template exports both), else ``~/maspo-data`` / ``~/maspo-checkpoints``.
 The parallelism knobs (rollout tensor parallelism, vLLM memory share, token budget per GPU) are not in the
@@ -88,14 +88,14 @@ class A100Profile(BaseModel):
     lr: float | None = Field(None, gt=0, description="actor learning rate, constant (default: Table 4 for the scale)")
     steps: int = Field(500, ge=1, description="training steps (decision: the paper does not state its count)")
     test_freq: int = Field(20, ge=1, description="validate and checkpoint every N steps, and at the end (decision)")
-    # batch and lengths (spec section 15)
+    # batch and lengths (docs/algorithms.md#decision-batch)
     train_batch_size: int = Field(512, ge=1, description="prompts per step (paper: global batch 512)")
     ppo_mini_batch_size: int = Field(32, ge=1, description="prompts per policy update (paper: 32; 16 updates/step)")
     ppo_epochs: int = Field(1, ge=1, description="passes over each step's batch (decision)")
     n_samples: int = Field(16, ge=2, description="responses per prompt, G (decision)")
     max_prompt_length: int = Field(1024, ge=16, description="prompt tokens (decision: 1024 + 7168 = paper's 8192)")
     max_response_length: int = Field(7168, ge=16, description="response tokens (decision)")
-    # sampling (spec section 15)
+    # sampling (docs/algorithms.md#decision-sampling)
     temperature: float = Field(1.0, gt=0, description="training rollout temperature (decision)")
     top_p: float = Field(1.0, gt=0, le=1, description="training rollout top-p (decision)")
     val_n: int = Field(32, ge=1, description="samples per validation problem: k of Avg@k / Pass@k (paper: 32)")

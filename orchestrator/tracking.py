@@ -1,7 +1,7 @@
 """W&B run identity of a trial, the offline read-back, and ``maspo sync``.
 
 Identity travels as environment variables into the trial's Ray Job, because verl's ``Tracking`` calls
-``wandb.init(project=, name=, entity=, config=)`` and nothing more (notes/orchestration.md section 4).
+``wandb.init(project=, name=, entity=, config=)`` and nothing more (docs/orchestration.md#wandb).
 ``orchestrator.verl_bridge.wandb_hooks`` makes verl's init honour ``WANDB_PROJECT``/``WANDB_NAME``, defines the
 step axis and adds ``MASPO_TRIAL_JSON`` to the run config as ``maspo``.
 

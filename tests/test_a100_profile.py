@@ -1,6 +1,6 @@
 """The a100 profile: every algorithm x every scale composes against verl 0.9.1's real `ppo_trainer` config,
 passes verl's own `validate_config` (with the profile's GPU count, no GPU needed) and carries the paper's
-Table 4 values and the spec's section 15 decisions into the config a verl worker builds.
+Table 4 values and the project's decisions (docs/algorithms.md#decisions) into the config a verl worker builds.
 
 Speed: Hydra composes verl's config once per scale (the profile's own overrides); each algorithm's overrides
 are then applied to a copy with the very function Hydra's compose applies overrides with

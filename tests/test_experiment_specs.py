@@ -156,7 +156,7 @@ def test_results_table_from_trial_files(tmp_path):
     assert (tmp_path / "t.csv").exists()
 
 
-TABLE_4_7B = {  # Table 4 (spec section 12) at 7B, as verl overrides
+TABLE_4_7B = {  # Table 4 (docs/algorithms.md#table-4) at 7B, as verl overrides
     "MASPO": ["maspo_alpha=0.3", "maspo_beta_low=0.03", "maspo_beta_high=0.03", "maspo_sigma_base=1.0"],
     "GRPO": ["clip_ratio_low=0.2", "clip_ratio_high=0.2"],
     "Clip Higher": ["clip_ratio_low=0.2", "clip_ratio_high=0.265"],

@@ -1,7 +1,7 @@
-"""Every hand-computable test vector of shared/spec/algorithms.md section 11, values and gradients, to 1e-6.
+"""Every hand-computable test vector of docs/algorithms.md#test-vectors, values and gradients, to 1e-6.
 
 For one token with token-mean aggregation the loss is the per-token loss and d(loss)/d(log pi) is the
-spec's dL column; gradients are taken with autograd with respect to log_prob.
+dL column there; gradients are taken with autograd with respect to log_prob.
 """
 
 import math
@@ -39,7 +39,7 @@ def test_maspo_vectors(vid, rho, adv, pi_old, alpha, beta, sigma, gate, dl):
     old, log_prob, a, mask = one_token(rho, adv, pi_old)
     loss, metrics = compute("maspo", old, log_prob, a, mask, sigma_base=1.0, alpha=alpha, beta=beta)
     loss.backward()
-    # the spec prints M9/M10's dL to 3 decimals: compare at the printed precision there
+    # the vectors give M9/M10's dL to 3 decimals: compare at the printed precision there
     tol = 1e-3 if abs(dl) > 100 else TOL
     assert log_prob.grad.item() == pytest.approx(dl, abs=tol)
     assert loss.item() == pytest.approx(dl, abs=tol)  # loss = -F rho A, and so is its gradient in log pi

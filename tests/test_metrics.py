@@ -1,4 +1,4 @@
-"""Pass@k estimators against the spec's vectors (section 11)."""
+"""Pass@k estimators against the vectors of docs/algorithms.md#test-vectors-pass-at-k."""
 
 import pytest
 

@@ -10,7 +10,7 @@ rho_pos is formed: the bounds of a policy update are searched over its whole min
 Eq. 8, with pi_old the rollout probability and r the current ratio:
     rho_pos = | sum_{A_t>0} pi_old * min(r A, clip(r, 0, c_high) A) |
               / | sum_t pi_old * min(r A, clip(r, c_low, c_high) A) |
-Readings (spec section 5): ``literal`` (signed sums, as printed), ``abs_sum`` (sums of |terms|), and
+Readings (docs/algorithms.md#bapo-readings): ``literal`` (signed sums, as printed), ``abs_sum`` (sums of |terms|), and
 ``grad_mass`` (pi_old * |A| over tokens whose gradient survives the clip).
 """
 

@@ -114,7 +114,7 @@ class BapoParams(Hyperparameters):
     delta_high: float = Field(0.05, gt=0.0, description="delta1, step of c_high")
     delta_low: float = Field(0.02, gt=0.0, description="delta2, step of c_low")
     reading: Literal["literal", "abs_sum", "grad_mass"] = Field(
-        "literal", description="how Eq. 8 is read (spec section 5)"
+        "literal", description="how Eq. 8 is read (docs/algorithms.md#bapo-readings)"
     )
 
     @model_validator(mode="after")

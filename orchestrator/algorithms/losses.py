@@ -9,7 +9,7 @@ Where verl already has the paper's form it is reused, not rewritten: ``grpo``, `
 advantage-shaping baselines reshape A and then call verl's ``vanilla``.
 
 Symbols: rho = pi_theta / pi_old (log-ratio clamped to [-20, 20] as verl does), pi_old = exp(old_log_prob),
-A = advantages, F = gate. Equation numbers refer to the MASPO paper (shared/paper/maspo.txt).
+A = advantages, F = gate. Equation numbers refer to the MASPO paper (restated in docs/algorithms.md).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ verl process) adds the three things a CPU run of verl's FSDP2 engine needs:
 What a CPU run still needs from its config: ``strategy=fsdp2`` (FSDP1 wants GPU params for
 ``sync_module_states``) and ``+actor_rollout_ref.model.override_config.attn_implementation=sdpa`` (the
 default, flash_attention_2, is not installed). Ray launches additionally need a fake "GPU" resource,
-because this platform reports its Ray resource as "GPU" (see the notes, section 7).
+because this platform reports its Ray resource as "GPU" (docs/verl-on-cpu.md#fake-gpu).
 
 Idempotent; with ``VERL_PLATFORM`` unset or anything but "cpu" it changes nothing.
 """

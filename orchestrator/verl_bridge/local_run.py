@@ -10,7 +10,7 @@ and, if it wants, more loggers::
            *get("grpo").verl_overrides()]
     subprocess.run(cmd, env=env, check=True)
 
-Why each group of settings is there (see the notes, ``verl-on-cpu.md`` section 7):
+Why each group of settings is there (docs/verl-on-cpu.md#settings has more):
 
 - CPU platform: ``VERL_PLATFORM=cpu`` (``orchestrator.verl_bridge.cpu``, loaded by the ``verl.plugins`` entry
   point in every process), ``trainer.device=cpu``, one "GPU" per node: the platform reports its Ray resource as
