@@ -1,0 +1,112 @@
+"""The wheel runs the product: it carries the specs, the dashboard definition and the paper's tables, and an
+install of it, away from any checkout, runs `maspo sweep alpha-beta --dry-run`."""
+
+from __future__ import annotations
+
+import configparser
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """The wheel `pip wheel` builds from this checkout (offline when the build backend is installed here)."""
+    out = tmp_path_factory.mktemp("wheel")
+    offline = ["--no-build-isolation"] if importlib.util.find_spec("hatchling") else []  # else pip fetches it
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *offline, "-w", str(out), str(ROOT)],
+                   check=True, timeout=300, cwd=out)
+    (built,) = out.glob("maspo-*.whl")
+    return built
+
+
+@pytest.fixture(scope="module")
+def installed(wheel, tmp_path_factory) -> Path:
+    """The wheel installed into a directory of its own (no checkout anywhere on its path)."""
+    target = tmp_path_factory.mktemp("site").resolve()
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile", "--target",
+                    str(target), str(wheel)], check=True, timeout=300)
+    return target
+
+
+def _outside(target: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run with only the install on PYTHONPATH, from a directory outside the checkout."""
+    assert ROOT not in cwd.resolve().parents and cwd.resolve() != ROOT
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(PYTHONPATH=str(target), PYTHONNOUSERSITE="1", MASPO_DATA_DIR=str(cwd / "no-data"))
+    return subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_the_wheel_carries_specs_dashboards_paper_tables_and_entry_points(wheel):
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        for spec in sorted((ROOT / "sweeps").glob("*.yaml")):
+            packaged = f"orchestrator/_data/sweeps/{spec.name}"
+            assert packaged in names, sorted(names)
+            assert zf.read(packaged) == spec.read_bytes()
+        assert {"orchestrator/_data/sweeps/alpha-beta.yaml", "orchestrator/_data/sweeps/compare.yaml"} <= names
+        assert zf.read("orchestrator/_data/dashboards/maspo.yaml") == (ROOT / "dashboards" / "maspo.yaml").read_bytes()
+        tables = sorted((ROOT / "orchestrator" / "paper").glob("*.csv"))
+        assert tables and {f"orchestrator/paper/{t.name}" for t in tables} <= names
+        assert {"orchestrator/resources.py", "orchestrator/cli/__init__.py", "orchestrator/rewards.py"} <= names
+        (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+        parser = configparser.ConfigParser()
+        parser.read_string(zf.read(entry_points).decode())
+    assert dict(parser["console_scripts"]) == {"maspo": "orchestrator.cli:main"}
+    assert dict(parser["verl.plugins"]) == {"maspo": "orchestrator.verl_bridge.plugin"}
+
+
+def test_the_installed_wheel_finds_its_specs_and_dashboards_outside_a_checkout(installed, tmp_path):
+    code = """if True:
+        import json, orchestrator
+        from orchestrator import resources
+        from orchestrator.config.experiment import load_spec
+        from orchestrator.dashboards import load_definition
+        from orchestrator.results import PAPER_RESULTS
+        print(json.dumps({"package": orchestrator.__file__, "sweeps": str(resources.data_dir("sweeps")),
+                          "dashboards": str(resources.dashboard_definition()), "specs": list(resources.spec_files()),
+                          "alpha_beta": load_spec("alpha-beta").name, "compare": load_spec("compare").kind,
+                          "x": load_definition().x, "paper": str(PAPER_RESULTS), "paper_ok": PAPER_RESULTS.is_file()}))
+    """
+    run = _outside(installed, sys.executable, "-c", code, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    found = json.loads(run.stdout.splitlines()[-1])
+    for key in ("package", "sweeps", "dashboards", "paper"):
+        assert Path(found[key]).is_relative_to(installed), (key, found)
+    assert found["specs"] == ["alpha-beta", "compare"]
+    assert (found["alpha_beta"], found["compare"], found["x"]) == ("alpha-beta", "compare", "training/global_step")
+    assert found["paper_ok"]
+
+
+@pytest.mark.parametrize("how", ["module", "script"])
+def test_the_installed_wheel_runs_a_sweep_dry_run_outside_a_checkout(installed, tmp_path, how):
+    command = ([sys.executable, "-m", "orchestrator.cli"] if how == "module" else [str(installed / "bin" / "maspo")])
+    run = _outside(installed, *command, "sweep", "alpha-beta", "--dry-run", "--root", str(tmp_path / "runs"),
+                   cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.count("python -m verl.trainer.main_ppo") == 8  # alpha-beta's eight points
+    assert f"reward.custom_reward_function.path={installed}/orchestrator/rewards.py" in run.stdout
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_checkout_reads_the_top_level_directories_and_a_broken_install_says_so(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from orchestrator import resources
+    from orchestrator.cli import app
+
+    # this checkout's package has no _data: the source directories are read (what `make install` runs too)
+    assert Path(str(resources.data_dir("sweeps"))) == ROOT / "sweeps"
+    assert resources.dashboard_definition_text() == (ROOT / "dashboards" / "maspo.yaml").read_text()
+    monkeypatch.setattr(resources, "_checkout_dir", lambda kind: None)  # an install without the data files
+    result = CliRunner().invoke(app, ["sweep", "alpha-beta", "--dry-run", "--root", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert "sweeps/ files are missing from this install" in result.output and "Traceback" not in result.output
