@@ -1,20 +1,32 @@
 """The wheel runs the product: it carries the specs, the dashboard definition and the paper's tables, and an
-install of it, away from any checkout, runs `maspo sweep alpha-beta --dry-run`."""
+install of it, away from any checkout, runs `maspo sweep alpha-beta --dry-run`. The `gpu` extra and the cluster
+install lines stay on the GPU stack verl itself pins."""
 
 from __future__ import annotations
 
 import configparser
+import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
+from packaging.requirements import Requirement
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
 
 ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "cluster"
+CLUSTER_FILES = [*sorted(CLUSTER.glob("*.yaml")), CLUSTER / "slurm" / "maspo.sbatch", CLUSTER / "README.md"]
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +122,52 @@ def test_a_checkout_reads_the_top_level_directories_and_a_broken_install_says_so
     result = CliRunner().invoke(app, ["sweep", "alpha-beta", "--dry-run", "--root", str(tmp_path)])
     assert result.exit_code == 2, result.output
     assert "sweeps/ files are missing from this install" in result.output and "Traceback" not in result.output
+
+
+# --------------------------------------------------------------------------------------------------------
+# the gpu extra and the cluster install lines
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _verl_pins(extra: str) -> dict[str, str]:
+    """What the installed verl's ``extra`` pins, by package name (its own metadata)."""
+    pins = {}
+    for line in importlib.metadata.requires("verl") or []:
+        req = Requirement(line)
+        if req.marker is not None and req.marker.evaluate({"extra": extra}) and req.name != "verl":
+            pins[req.name] = str(req.specifier)
+    return pins
+
+
+def test_the_gpu_extra_is_verls_vllm_extra_at_the_verl_of_the_main_dependency():
+    project = _pyproject()["project"]
+    (main,) = [Requirement(r) for r in project["dependencies"] if Requirement(r).name == "verl"]
+    gpu = [Requirement(r) for r in project["optional-dependencies"]["gpu"]]
+    assert [r.name for r in gpu] == ["verl"], "the gpu extra goes through verl's own extras, nothing beside them"
+    assert "vllm" in gpu[0].extras
+    assert str(gpu[0].specifier) == str(main.specifier) and str(main.specifier).startswith("==")
+    # the pin is verl's own: the installed verl is that release and its vllm extra pins vLLM, torch, transformers
+    assert main.specifier.contains(importlib.metadata.version("verl"))
+    assert {"vllm", "torch", "transformers"} <= {n for n, spec in _verl_pins("vllm").items() if spec.startswith("==")}
+
+
+def test_every_cluster_install_uses_the_gpu_extra_then_verls_flash_attn():
+    flash_attn = _verl_pins("flash-attn-cu130torch211")["flash-attn"]  # verl's fsdp extra takes it from here
+    for path in CLUSTER_FILES:
+        text = path.read_text()
+        for extras in re.findall(r"(?:maspo|\B\.)\[([^\]]*)\]", text):
+            assert extras == "gpu", f"{path.name}: installs maspo[{extras}]"
+        for line in text.splitlines():
+            if re.search(r"pip install .*maspo", line):
+                assert "maspo[gpu]" in line, f"{path.name}: {line}"
+            if "pip install" in line and "flash-attn" in line:
+                assert f'"flash-attn{flash_attn}"' in line and "--no-build-isolation" in line, f"{path.name}: {line}"
+    for path in sorted(CLUSTER.glob("*.yaml")):
+        setup = yaml.safe_load(path.read_text())["setup_commands"]
+        maspo = [i for i, c in enumerate(setup) if "pip install" in c and "maspo[gpu] @ " in c]
+        flash = [i for i, c in enumerate(setup) if "pip install" in c and "flash-attn" in c]
+        assert len(maspo) == 1 and len(flash) == 1 and maspo[0] < flash[0], (path.name, setup)
+        assert "--no-build-isolation" in setup[flash[0]] and f'"flash-attn{flash_attn}"' in setup[flash[0]]
