@@ -1,5 +1,7 @@
 """Dashboards as code: ``dashboards/maspo.yaml`` -> a W&B workspace and a W&B report per experiment.
 
+The definition ships inside the package and is read through :mod:`orchestrator.resources`.
+
 The definition file names panels by metric key with two placeholders, ``{k}`` (samples per validation problem:
 32 on the cluster, 8 locally) and ``{source}`` (each validation set). :func:`expand` fills them for one
 experiment; :func:`build_workspace` and :func:`build_report` turn the result into ``wandb_workspaces`` objects,
@@ -21,10 +23,10 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from orchestrator import resources
 from orchestrator.store import ExperimentDir, validations
 from orchestrator.tracking import TrackingError
 
-DEFINITION = Path(__file__).resolve().parents[1] / "dashboards" / "maspo.yaml"
 LOCAL_SOURCES = ["local_math500", "local_amc23", "local_minerva", "local_olympiad", "local_aime24", "local_aime25"]
 CLUSTER_SOURCES = ["aime24", "aime25", "amc23", "math500", "minerva", "olympiad"]  # data_prepare.VALIDATION_NAMES
 
@@ -105,9 +107,14 @@ class Definition(_Model):
     report: ReportDefinition
 
 
-def load_definition(path: Path = DEFINITION) -> Definition:
+def load_definition(path: Path | None = None) -> Definition:
+    """The dashboard definition: ``path``, or the one shipped with maspo (``dashboards/maspo.yaml``)."""
     try:
-        return Definition.model_validate(yaml.safe_load(Path(path).read_text()))
+        if path is None:
+            path, text = resources.dashboard_definition(), resources.dashboard_definition_text()
+        else:
+            text = Path(path).read_text(encoding="utf-8")
+        return Definition.model_validate(yaml.safe_load(text))
     except (OSError, yaml.YAMLError) as err:
         raise DashboardError(f"cannot read dashboard definition {path}: {err}") from None
     except ValidationError as err:
@@ -307,7 +314,7 @@ def detect_validation(exp_dir: Path, k: int | None = None, sources: list[str] | 
 
 
 def publish(name: str, entity: str | None = None, project: str | None = None, *, runs_root: Path = Path("runs"),
-            k: int | None = None, sources: list[str] | None = None, definition_path: Path = DEFINITION) -> dict:
+            k: int | None = None, sources: list[str] | None = None, definition_path: Path | None = None) -> dict:
     """Create or update the experiment's W&B workspace and report; returns their URLs.
 
     The URLs are kept in ``runs/<NAME>/dashboards.json``; publishing again updates those views in place.

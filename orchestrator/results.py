@@ -16,6 +16,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from orchestrator import resources
 from orchestrator.config.plan import ExperimentPlan
 from orchestrator.store import ExperimentDir, TrialDir, validations
 
@@ -25,7 +26,7 @@ PAPER_NAMES = {"aime24": "AIME24", "aime25": "AIME25", "amc23": "AMC23", "math50
                "olympiad": "Olympiad", "average": "Average"}
 PAPER_METHOD = {"grpo": "GRPO", "clip_higher": "Clip Higher", "dac": "DAC", "entropy_adv": "Entropy Adv.",
                 "bapo": "BAPO", "sapo": "SAPO", "maspo": "MASPO"}
-PAPER_RESULTS = Path(__file__).resolve().parent / "paper" / "paper_results.csv"  # the paper's tables, transcribed
+PAPER_RESULTS = resources.paper_file("paper_results.csv")  # the paper's tables, transcribed; package data
 
 
 @dataclass
@@ -191,12 +192,12 @@ def table(results: Results, paper: bool = False):
 
 def paper_rows(plan: ExperimentPlan) -> dict[str, list[str]]:
     """The paper's Table 1 / 5 / 6 rows for this experiment's scale (cluster runs at a paper scale only)."""
-    if plan.profile == "local" or not PAPER_RESULTS.exists():
+    if plan.profile == "local" or not PAPER_RESULTS.is_file():
         return {}
     scale = plan.scale.upper()
     wanted = {PAPER_METHOD.get(t.trial.algorithm) for t in plan.trials}
     out = {}
-    with open(PAPER_RESULTS) as f:
+    with PAPER_RESULTS.open(encoding="utf-8") as f:
         for row in csv.DictReader(f):
             if row["scale"] == scale and (row["method"] in wanted or (plan.kind == "sweep" and row["table"] == "T5")):
                 cols = [row[f"{s}_{m}"] for s in ["aime24", "aime25", "amc23", "math500", "minerva", "olympiad", "avg"]

@@ -1,5 +1,8 @@
 """Sweep and comparison specs (``sweeps/*.yaml``), validated by pydantic and expanded into trials.
 
+The specs named on the command line (``maspo sweep alpha-beta``) are the ones shipped with the package, read
+through :mod:`orchestrator.resources`; any other YAML path is read as it is.
+
 A spec says WHAT to compare (algorithms and hyperparameters); the command line says WHERE and HOW MUCH
 (profile, scale, seeds, steps). :func:`load_spec` validates a file once, at the edge; every failure is a
 :class:`SpecError` naming the file, the field and the reason. :func:`expand` turns a spec plus the command's
@@ -10,15 +13,18 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
+from orchestrator import resources
 from orchestrator.algorithms import AlgorithmError, get
 
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
 SCALES = ("1.5b", "7b", "14b")
-SPEC_DIR = Path(__file__).resolve().parents[2] / "sweeps"
 Scale = Literal["1.5b", "7b", "14b"]
 
 
@@ -112,21 +118,22 @@ class CompareSpec(BaseModel):
 Spec = Annotated[Union[SweepSpec, CompareSpec], Field(discriminator="kind")]
 
 
-def spec_path(name_or_path: str | Path) -> Path:
-    """``alpha-beta`` -> ``sweeps/alpha-beta.yaml``; a path is taken as it is."""
+def spec_path(name_or_path: str | Path) -> Path | Traversable:
+    """``alpha-beta`` -> the shipped ``sweeps/alpha-beta.yaml``; a path is taken as it is."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         return path
-    return SPEC_DIR / f"{name_or_path}.yaml"
+    return resources.spec_file(str(name_or_path))
 
 
 def load_spec(name_or_path: str | Path) -> SweepSpec | CompareSpec:
     path = spec_path(name_or_path)
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in SPEC_DIR.glob("*.yaml")))
-        raise SpecError(f"no spec {str(name_or_path)!r} ({path} does not exist); specs in {SPEC_DIR}: {known}")
+        known = ", ".join(resources.spec_files())
+        raise SpecError(f"no spec {str(name_or_path)!r} ({path} does not exist); "
+                        f"specs in {resources.data_dir('sweeps')}: {known}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise SpecError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
     try:
