@@ -26,12 +26,38 @@ TINY_PROFILE = ["-P", "test_freq=1", "-P", "train_batch_size=4", "-P", "ppo_mini
                 "-P", "val_n=4", "-P", "n_val_problems=2"]
 
 
+def _verl_drivers_of(trial_dir) -> list[int]:
+    """Pids of the verl drivers (and the shell that runs one) of this trial directory, and of nothing else.
+
+    A process qualifies only if its command line names both the trial (``trainer.experiment_name=<name>``) and
+    the trial's own checkpoint dir (``trainer.default_local_dir=<this test's tmp dir>/.../checkpoints``): another
+    test or user running a trial of the same name elsewhere does not match, as it would with ``pgrep -f``.
+    """
+    import os
+    import re
+    from pathlib import Path
+
+    trial_dir = Path(trial_dir).resolve()  # as the orchestrator renders it (exp_dir.resolve())
+    wanted = [f"trainer.experiment_name={trial_dir.name}", f"trainer.default_local_dir={trial_dir / 'checkpoints'}"]
+    patterns = [re.compile(re.escape(w) + r"(?=[\s'\"]|$)") for w in wanted]  # whole values, not prefixes
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if all(p.search(cmdline) for p in patterns):
+            pids.append(int(proc.name))
+    return pids
+
+
 def _kill_one_job_after_its_checkpoint(exp_dir, stop, killed):
     """Chaos: SIGKILL the verl driver of the first trial that has a checkpoint and more steps to go."""
     import json
     import os
     import signal
-    import subprocess
     import time
 
     while not stop.is_set():
@@ -50,9 +76,7 @@ def _kill_one_job_after_its_checkpoint(exp_dir, stop, killed):
                 continue
             if ckpt not in logged:
                 continue
-            found = subprocess.run(["pgrep", "-f", f"trainer.experiment_name={trial_dir.name}"],
-                                   capture_output=True, text=True)
-            pids = [int(p) for p in found.stdout.split()]
+            pids = _verl_drivers_of(trial_dir)
             if pids:
                 for pid in pids:
                     try:

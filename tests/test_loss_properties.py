@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla
 
@@ -98,16 +98,15 @@ def test_grpo_equals_verls_vanilla(batch):
 
 
 @SETTINGS
-@given(batch=batches(), eps_low=st.floats(0.01, 0.99), eps_high=st.floats(0.01, 2.0))
+# eps_high is generated in the range verl's config takes (every example is compared, none skipped)
+@given(batch=batches(), eps_low=st.floats(0.01, 0.99), eps_high=st.floats(0.01, 0.99, exclude_max=True))
 def test_clipped_surrogate_matches_verls_vanilla_per_token(batch, eps_low, eps_high):
     """The PPO surrogate DAC and BAPO share reproduces verl's vanilla for constant bounds."""
     old, log_prob, adv, mask, _ = batch
     ratio = torch.exp(torch.clamp(log_prob - old, -20, 20))
     per_token, _ = clipped_surrogate(ratio, adv, 1 - eps_low, 1 + eps_high, dual_clip_c=3.0)
     ours = (per_token * mask).sum() / mask.sum().clamp(min=1)
-    config = actor_config("clip_higher", eps_low=eps_low, eps_high=min(eps_high, 0.99))
-    if eps_high >= 0.99:
-        return
+    config = actor_config("clip_higher", eps_low=eps_low, eps_high=eps_high)
     ref, _ = compute_policy_loss_vanilla(old, log_prob, adv, mask, "token-mean", config)
     torch.testing.assert_close(ours, ref)
     torch.testing.assert_close(torch.autograd.grad(ours, log_prob)[0], torch.autograd.grad(ref, log_prob)[0])
@@ -121,6 +120,7 @@ def test_sapo_unilateral_equals_plain_gradient_where_not_gated(batch):
     (grad,) = torch.autograd.grad(loss, log_prob)
     rho = torch.exp(torch.clamp(log_prob - old, -20, 20)).detach()
     not_gated = mask & ~(((adv > 0) & (rho > 1)) | ((adv < 0) & (rho < 1))) & (rho < math.exp(20))
+    assume(not_gated.any())  # a batch with every token gated would compare two empty tensors (~5% of batches)
     seq_len = mask.sum(-1, keepdim=True).clamp(min=1)
     n_seq = (mask.sum(-1) > 0).sum().clamp(min=1)
     expected = -(rho * adv) / seq_len / n_seq  # seq-mean-token-mean weights

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -41,6 +42,16 @@ def _status(exp_dir: Path, name: str) -> dict:
         return {}
 
 
+def _end(proc: subprocess.Popen) -> str:
+    """Stop a driver that a wait gave up on (SIGTERM stops its private Ray cluster too) and return its output."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.communicate(timeout=120)[0]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()[0]
+
+
 def test_sigint_then_restore_runs_only_the_unfinished_trials(tmp_path):
     trials = [trial_config("grpo", seed=s, profile={"steps": 4, "test_freq": 1}) for s in range(3)]
     names = [trial_name(t) for t in trials]
@@ -55,14 +66,15 @@ def test_sigint_then_restore_runs_only_the_unfinished_trials(tmp_path):
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:  # interrupt while the second trial runs, the first one done
+        if first.poll() is not None:
+            pytest.fail("the experiment ended before it could be interrupted:\n" + first.communicate()[0][-3000:])
         done = [n for n in names if _status(exp_dir, n).get("state") == "succeeded"]
         running = [n for n in names if _status(exp_dir, n).get("state") == "running"]
         if len(done) == 1 and running:
             break
         time.sleep(0.2)
     else:
-        first.kill()
-        pytest.fail("the first trial never finished:\n" + first.communicate()[0][-3000:])
+        pytest.fail("the first trial never finished:\n" + _end(first)[-3000:])
     first.send_signal(signal.SIGINT)
     output = first.communicate(timeout=120)[0]
     finished_first = done[0]
@@ -82,17 +94,33 @@ def test_sigint_then_restore_runs_only_the_unfinished_trials(tmp_path):
     assert len(_status(exp_dir, unfinished[1])["attempts"]) == 1
 
 
-def _ray_processes() -> set[int]:
-    """Pids of Ray's processes on this machine (head, raylet, GCS, workers, job drivers)."""
-    found = set()
+SCOPE = "MASPO_TEST_SCOPE"  # set in a driver's environment: its processes, and only they, carry it
+
+
+def _processes_of(tag: str, sessions: set[int]) -> dict[int, tuple[int, str]]:
+    """This test's live processes, {pid: (session id, command line)}, and no other test's or user's.
+
+    A process is this test's if its environment holds ``MASPO_TEST_SCOPE=<tag>`` (the driver, ``ray start``,
+    GCS, raylet, Ray's workers and the job, which all inherit it) or if it is in one of ``sessions`` (the sessions
+    that such processes led: a process that rewrote its environment, like Ray's dashboard modules, stays in
+    the session of ``ray start``, even once orphaned).
+    """
+    entry, own_session = f"{SCOPE}={tag}".encode(), os.getsid(0)
+    found = {}
     for proc in Path("/proc").iterdir():
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
+        if not proc.name.isdigit():
             continue
-        if proc.name.isdigit() and any(m in cmdline for m in ("ray::", "gcs_server", "raylet", "ray start",
-                                                               "dashboard", "standin_job")):
-            found.add(int(proc.name))
+        try:
+            state, _, _, session = (proc / "stat").read_text().rsplit(")", 1)[1].split()[:4]
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            try:
+                tagged = entry in (proc / "environ").read_bytes().split(b"\0")
+            except PermissionError:  # another user's process
+                tagged = False
+        except (OSError, ValueError):  # gone meanwhile
+            continue
+        if state != "Z" and (tagged or (int(session) in sessions and int(session) != own_session)):
+            found[int(proc.name)] = (int(session), cmdline)
     return found
 
 
@@ -105,27 +133,40 @@ def test_a_killed_driver_stops_its_local_cluster_and_keeps_the_experiment_resuma
                           steps=30, max_concurrent=1, max_failures=0, trials=[PlannedTrial(name=name, label=name, trial=trial)])
     exp_dir = tmp_path / "killed"
     ExperimentDir(exp_dir).save_plan(plan)
-    env = {**os.environ, "STANDIN_SECONDS": "600", "PYTHONPATH": str(Path(__file__).parents[1])}
-    before, temp_dirs = _ray_processes(), set(Path("/tmp").glob("maspo-ray-*"))
+    tag = str(tmp_path)
+    env = {**os.environ, "STANDIN_SECONDS": "600", "PYTHONPATH": str(Path(__file__).parents[1]), SCOPE: tag}
     driver = subprocess.Popen([sys.executable, "-c", RUN, str(exp_dir), "start"], env=env, cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
     metrics = exp_dir / "trials" / name / "metrics.jsonl"
-    while time.monotonic() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
-        assert driver.poll() is None, driver.communicate()[0][-3000:]
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):  # the job runs: it logged two steps
+        if driver.poll() is not None:
+            pytest.fail("the driver exited before its job ran:\n" + driver.communicate()[0][-3000:])
+        if time.monotonic() > deadline:
+            pytest.fail("no job ever started (no two steps logged within 300 s):\n" + _end(driver)[-3000:])
         time.sleep(0.2)
+    # what this test started, while it runs; the scope must see the whole cluster and the job, or it proves nothing
+    running = _processes_of(tag, set())
+    sessions = {session for session, _ in running.values()}
+    cmdlines = " ".join(cmdline for _, cmdline in running.values())
+    for part in ("ray start", "gcs_server", "raylet", "ray::", "standin_job"):
+        if part not in cmdlines:
+            _end(driver)
+            pytest.fail(f"the test's scope misses the cluster's {part!r}: {sorted(running)}")
+    temp_dirs = set(re.findall(r"--temp-dir=(/tmp/maspo-ray-[^\s/]+)", cmdlines))
+    assert len(temp_dirs) == 1, temp_dirs  # the private cluster's
     driver.send_signal(signal.SIGTERM)
     output = driver.communicate(timeout=120)[0]
-    leftover = set()
+    leftover = {}
     for _ in range(60):  # the cluster is stopped before the driver exits; give the kernel a moment to reap
-        leftover = _ray_processes() - before
+        leftover = _processes_of(tag, sessions)
         if not leftover:
             break
         time.sleep(0.5)
-    assert not leftover, f"still running after the driver exited: {sorted(leftover)}\n{output[-2000:]}"
+    assert not leftover, f"still running after the driver exited: {leftover}\n{output[-2000:]}"
     assert _status(exp_dir, name).get("state") != "succeeded"
     assert (exp_dir / "tune").exists()  # Tune's state, for `maspo resume`
-    assert set(Path("/tmp").glob("maspo-ray-*")) == temp_dirs  # the cluster's temp dir is gone too
+    assert not Path(temp_dirs.pop()).exists()  # the cluster's temp dir is gone too
 
 
 def test_asha_stops_weak_trials_early_and_their_jobs_end(tmp_path):
