@@ -142,8 +142,8 @@ def test_results_table_from_trial_files(tmp_path):
         (d / "status.json").write_text(json.dumps({"state": "succeeded", "gpus": 1, "attempts": [
             {"started": 100.0, "ended": 460.0}]}))
     results = collect(exp_dir)
-    assert [r.label for r in results.rows] == ["MASPO", "GRPO"] and results.k == 8
-    mean, std = results.rows[0].cell("aime24/avg")
+    assert [r.label for r in results.rows] == ["GRPO", "MASPO"] and results.k == 8  # Table 1 order
+    mean, std = results.rows[1].cell("aime24/avg")
     assert mean == pytest.approx(0.55) and std == pytest.approx(0.0707, abs=1e-3)
     assert results.best()["average/avg"] == "MASPO"
     assert results.trials[0].gpu_hours == pytest.approx(0.1)
