@@ -227,12 +227,13 @@ def test_resume_point_skips_a_checkpoint_whose_step_was_never_logged(tmp_path):
 def test_worker_start_warnings_are_dropped_from_the_driver_console(capsys):
     import ray._private.worker as ray_worker
 
-    from orchestrator.tune_runner import _quiet_worker_start_warnings
+    from orchestrator.verl_bridge.patches import install_driver_patches
 
     original = ray_worker.print_to_stdstream
     try:
-        _quiet_worker_start_warnings()
-        _quiet_worker_start_warnings()  # idempotent
+        install_driver_patches()
+        install_driver_patches()  # idempotent
+        assert ray_worker.print_to_stdstream.__wrapped__ is original
         emit = ray_worker.print_to_stdstream
         emit({"lines": ["WARNING: 8 PYTHON worker processes have been started on node: x"], "pid": "raylet",
               "is_err": False}, ignore_prefix=False)
