@@ -126,7 +126,11 @@ def load_spec(name_or_path: str | Path) -> SweepSpec | CompareSpec:
         known = ", ".join(sorted(p.stem for p in SPEC_DIR.glob("*.yaml")))
         raise SpecError(f"no spec {str(name_or_path)!r} ({path} does not exist); specs in {SPEC_DIR}: {known}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise SpecError(f"{path}: not a UTF-8 text file (byte {err.start}: {err.reason})") from None
+    except OSError as err:
+        raise SpecError(f"{path}: cannot read it: {err.strerror or err}") from None
     except yaml.YAMLError as err:
         raise SpecError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
     try:
