@@ -18,7 +18,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Callable, Iterator, NoReturn, Optional, TypeVar
 
-import click
 import typer
 from rich.console import Console
 
@@ -42,7 +41,7 @@ def fail(message: object, code: int = 2) -> NoReturn:
     user's (a download or a connection that failed), in the same one-line form.
     """
     line = " ".join(str(message).split()) or "(no message)"
-    click.echo(click.style("error:", fg="red", bold=True) + " " + line, err=True)
+    typer.echo(typer.style("error:", fg="red", bold=True) + " " + line, err=True)
     raise typer.Exit(code)
 
 
@@ -81,17 +80,24 @@ def parse_assignments(items: list[str], option: str = "--set") -> dict[str, obje
 
 
 def experiment_name(name: str, what: str = "experiment name") -> str:
-    """A name that becomes ``<root>/<NAME>``: one path component (letters, digits, ``.``, ``_``, ``-``)."""
+    """A name that becomes ``<root>/<NAME>``: one path component (letters, digits, ``.``, ``_``, ``-``), short
+    enough for a file name with room for what is derived from it (W&B run names, Ray job ids)."""
     from orchestrator.store import check_name
 
-    return check_name(name, what)
+    check_name(name, what)
+    if len(name) > MAX_NAME_LENGTH:
+        raise UserError(f"{what} {name[:20]}... has {len(name)} characters; at most {MAX_NAME_LENGTH}")
+    return name
 
 
 def experiment_path(name: str, runs_root: Path) -> Path:
-    """An experiment given as a NAME (``runs_root/NAME``, the name checked) or as a path to its directory."""
+    """An existing experiment, given as a NAME (``runs_root/NAME``, the name checked) or as a path to its directory."""
     if "/" in name and Path(name).is_dir():
         return Path(name)
-    return runs_root / experiment_name(name)
+    path = runs_root / experiment_name(name)
+    if not path.is_dir():
+        raise UserError(f"no experiment {name!r}: {path} does not exist")
+    return path
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -134,6 +140,7 @@ MAX_SEEDS = 100  # seeds per setting; each is a full training run
 MAX_STEPS = 1_000_000
 MAX_CONCURRENT = 1024
 MAX_SEED = 2**32 - 1  # numpy's and vLLM's seed range
+MAX_NAME_LENGTH = 128  # an experiment's or trial's name (a directory; file names stop at 255 bytes)
 
 
 # ---------------------------------------------------------------------------------------------------------

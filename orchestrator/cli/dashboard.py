@@ -33,7 +33,7 @@ def local_command(
     """Write the dashboards as one self-contained HTML page (no network needed to build or to view it)."""
     from orchestrator.local_dashboard import write_local_dashboard
 
-    experiment_path(name, runs_root)  # a name is one path component
+    experiment_path(name, runs_root)  # a name is one path component, and the experiment exists
     path = write_local_dashboard(name, runs_root=runs_root, out=out, k=k, sources=source or None)
     console.print(f"dashboard: {path}  (open it in a browser: file://{path.resolve()})", highlight=False,
                   markup=False, soft_wrap=True)
@@ -57,7 +57,7 @@ def publish_command(
     """
     from orchestrator.dashboards import publish
 
-    experiment_path(name, runs_root)
+    experiment_path(name, runs_root)  # a name is one path component, and the experiment exists
     urls = publish(name, entity, project, runs_root=runs_root, k=k, sources=source or None)
     console.print(f"workspace: {urls['workspace_url']}\nreport:    {urls['report_url']}", highlight=False,
                   markup=False, soft_wrap=True)

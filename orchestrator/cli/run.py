@@ -59,6 +59,8 @@ def run_command(
                                   **({"lr": lr} if lr is not None else {})})
     name = name or trial.default_name()
     out_dir = out or Path("runs") / name
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file, not a directory")
 
     from orchestrator.local_trial import run_local_trial
 
