@@ -94,7 +94,8 @@ def test_choices_are_the_strings_downstream():
 
     assert tuple(s.value for s in common.Scale) == SCALES
     assert {p.value for p in common.Profile} == {LocalProfile().name, A100Profile.model_fields["name"].default}
-    assert tuple(s.value for s in common.Scheduler) == typing.get_args(ExperimentPlan.model_fields["scheduler"].annotation)
+    scheduler = ExperimentPlan.model_fields["scheduler"].annotation
+    assert tuple(s.value for s in common.Scheduler) == typing.get_args(scheduler)
     grid = typing.get_type_hints(SweepSpec.grid_points)["grid"]
     assert tuple(g.value for g in common.Grid) == typing.get_args(grid)
 
@@ -257,3 +258,19 @@ assert not heavy, heavy
 def test_a_missing_experiment_is_the_same_line_everywhere(tmp_path, args):
     result = runner.invoke(app, [*args, "--runs-root", str(tmp_path)])
     assert one_error_line(result) == f"error: no experiment 'nope': {tmp_path / 'nope'} does not exist"
+
+
+def test_an_output_that_is_a_file_is_one_line_before_anything_starts(tmp_path, monkeypatch):
+    import orchestrator.local_trial
+    import orchestrator.tune_runner
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("started")
+
+    monkeypatch.setattr(orchestrator.local_trial, "run_local_trial", must_not_run)
+    monkeypatch.setattr(orchestrator.tune_runner, "run_experiment", must_not_run)
+    file = tmp_path / "a-file"
+    file.write_text("")
+    assert "is a file" in one_error_line(runner.invoke(app, ["run", "--out", str(file)]))
+    assert "is not a directory" in one_error_line(runner.invoke(app, ["compare", "--root", str(file)]))
+    assert list(tmp_path.iterdir()) == [file] and file.read_text() == ""

@@ -19,14 +19,14 @@ import typer
 
 from orchestrator.cli.algorithms import algorithms_command, probe_command
 from orchestrator.cli.cluster import cluster_app
-from orchestrator.cli.common import console, err_console, user_errors
+from orchestrator.cli.common import console, user_errors
 from orchestrator.cli.dashboard import dashboard_app
 from orchestrator.cli.data import data_app
 from orchestrator.cli.experiments import compare_command, demo_command, results_command, resume_command, sweep_command
 from orchestrator.cli.run import run_command
 from orchestrator.cli.sync import sync_command
 
-__all__ = ["app", "main", "console", "err_console", "user_errors"]
+__all__ = ["app", "main", "console", "user_errors"]
 
 app = typer.Typer(
     help="maspo: MASPO and its baselines on verl, as sweeps and comparisons on Ray Tune, watched in W&B. "

@@ -45,14 +45,15 @@ def algorithms_command(
 @handles_user_errors
 def probe_command(
     algorithm: Annotated[list[str], typer.Option(
-        "--algorithm", "-a", help="An algorithm of `maspo algorithms` (repeat for several).")] = ["grpo", "sapo", "maspo"],  # noqa: B006
+        "--algorithm", "-a", help="An algorithm of `maspo algorithms` (repeat for several).")
+    ] = ["grpo", "sapo", "maspo"],  # noqa: B006
     pi_old: Annotated[float, typer.Option(help="pi_old of the probed token, in (0, 1].")] = 0.5,
     advantage: Annotated[float, typer.Option("--advantage", "-A", help="Advantage of the probed token.")] = 1.0,
     hp: HyperparameterOpt = [],  # noqa: B006
 ) -> None:
     """Print each loss's gradient weight d(loss)/d(log pi) / (-A) against the ratio rho, for one token.
 
-    1 is the plain policy gradient rho*A*grad log pi; a hard clip shows 0, a soft gate a value between. A hyperparameter set with -s applies to every selected algorithm that has it. This calls the very functions verl calls (``orchestrator.algorithms.compute``).
+    1 is the plain policy gradient rho*A*grad log pi; a hard clip shows 0, a soft gate a value between. A hyperparameter set with -s applies to every selected algorithm that has it. This calls the very functions verl calls (`orchestrator.algorithms.compute`).
     """
     from orchestrator.algorithms import get
 
@@ -76,7 +77,8 @@ def probe_command(
 
     from orchestrator.algorithms import compute
 
-    table = Table(title=f"gradient weight dL/dlog(pi) / (-rho A) against rho  (A = {advantage:+g}, pi_old = {pi_old:g})")
+    table = Table(title=f"gradient weight dL/dlog(pi) / (-rho A) against rho  "
+                        f"(A = {advantage:+g}, pi_old = {pi_old:g})")
     table.add_column("algorithm \\ rho", no_wrap=True)
     for rho in PROBE_RHOS:
         table.add_column(f"{rho:g}", justify="right")

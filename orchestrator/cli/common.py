@@ -1,4 +1,4 @@
-"""What every ``maspo`` command shares: the one handler of a user's mistakes, the consoles, the choices and
+"""What every ``maspo`` command shares: the one handler of a user's mistakes, the console, the choices and
 the options that several commands take (as ``Annotated`` aliases, defined once).
 
 The handler: a :class:`~orchestrator.errors.UserError` (or a subclass: ``AlgorithmError``, ``SpecError``,
@@ -25,7 +25,6 @@ from orchestrator.errors import UserError
 
 # wide enough for the results tables when the output goes to a file or a CI log (Rich assumes 80 there)
 console = Console() if sys.stdout.isatty() else Console(width=160)
-err_console = Console(stderr=True, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable)
 

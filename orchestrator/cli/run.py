@@ -26,7 +26,8 @@ def run_command(
     beta: Annotated[Optional[float], typer.Option(help="MASPO's beta: sets beta_low and beta_high.")] = None,
     hp: HyperparameterOpt = [],  # noqa: B006
     profile: Annotated[Profile, typer.Option(
-        help="Where to run: `local` (this machine, CPU); on a cluster use `maspo sweep`/`maspo compare`.")] = Profile.local,
+        help="Where to run: `local` (this machine, CPU); on a cluster use `maspo sweep`/`maspo compare`.")
+    ] = Profile.local,
     steps: StepsOpt = None,
     seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed of data order, sampling and the actor.")] = 0,
     name: Annotated[Optional[str], typer.Option(
