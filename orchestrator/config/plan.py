@@ -40,6 +40,7 @@ class ExperimentPlan(BaseModel):
     max_concurrent: int = Field(1, ge=1)
     max_failures: int = Field(2, ge=0)
     slots_per_trial: int = Field(1, ge=1)
+    rehearse: bool = Field(False, description="an a100 experiment rehearsed on CPU (orchestrator/rehearsal.py)")
     trials: list[PlannedTrial]
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
@@ -47,6 +48,8 @@ class ExperimentPlan(BaseModel):
     def gpus_per_trial(self) -> int:
         from orchestrator.scales import gpus_of
 
+        if self.rehearse:
+            return 1  # one fake GPU, as on the local profile
         return gpus_of(self.trials[0].trial.profile)
 
     @property
