@@ -466,6 +466,16 @@ def resolved_config(trial_dir: Path) -> dict[str, Any] | None:
     return {k: v for k, v in config.items() if k != "maspo"}
 
 
+def _verl_resumed_from(job_log: Path, checkpoint_dir: Path) -> int | None:
+    """The step verl's trainer says it resumed from ("Resuming from <dir>/global_step_N") in a job's log."""
+    try:
+        text = job_log.read_text(errors="replace")
+    except OSError:
+        return None
+    found = re.findall(rf"Resuming from {re.escape(str(checkpoint_dir))}/global_step_(\d+)", text)
+    return int(found[-1]) if found else None
+
+
 def rehearsal_checks(exp_dir: Path) -> list[Check]:
     """What the rehearsal of the experiment in ``exp_dir`` showed, one :class:`Check` per property."""
     from orchestrator.data_prepare import VALIDATION_NAMES
@@ -515,12 +525,14 @@ def rehearsal_checks(exp_dir: Path) -> list[Check]:
         retry_steps = [r["step"] for r in read_records(files.attempt_dir(2) / "metrics.jsonl")] \
             if len(attempts) > 1 else []
         steps = [r["step"] for r in files.records()]
-        ok = (drilled is not None and drilled >= 1 and resumed == drilled and bool(retry_steps)
-              and min(retry_steps) == drilled and steps == list(range(plan.steps + 1)))
+        ckpt = checkpoint_dir(first.trial.profile, first.trial.stable_hash())
+        verl_resumed = _verl_resumed_from(files.attempt_dir(2) / "job.log", ckpt) if len(attempts) > 1 else None
+        ok = (drilled is not None and drilled >= 1 and resumed == drilled and verl_resumed == drilled
+              and bool(retry_steps) and min(retry_steps) == drilled and steps == list(range(plan.steps + 1)))
         checks.append(Check("a stopped job's retry resumed from its checkpoint", ok,
-                            f"{first.name}: attempt 1 stopped after the checkpoint of step {drilled}, attempt 2 "
-                            f"resumed from step {resumed} (its first logged step: "
-                            f"{min(retry_steps) if retry_steps else '-'}); steps logged once each: "
+                            f"{first.name}: attempt 1 stopped after the checkpoint of step {drilled}; attempt 2: "
+                            f"verl resumed from global_step_{verl_resumed}, first logged step "
+                            f"{min(retry_steps) if retry_steps else '-'}; every step logged once: "
                             f"{steps == list(range(plan.steps + 1))}"))
     else:
         checks.append(Check("a stopped job's retry resumed from its checkpoint", False,

@@ -299,13 +299,15 @@ def _print_dry_run(plan, lines) -> None:
             total += hours
             cost = (f", est. {hours:,.0f} A100-hours ({t.profile.steps} steps x "
                     f"{t.profile.preset.seconds_per_step:g} s/step assumed)")
-        console.print(f"\n[bold]{planned.name}[/]  ({escape(planned.label)}, seed {t.seed}; {gpus} GPU(s), "
-                      f"{plan.slots_per_trial} slot(s){cost})")
+        where = (f"rehearsed on 1 fake GPU; on the cluster {gpus} GPU(s){cost}" if plan.rehearse
+                 else f"{gpus} GPU(s), {plan.slots_per_trial} slot(s){cost}")
+        console.print(f"\n[bold]{planned.name}[/]  ({escape(planned.label)}, seed {t.seed}; {where})")
         console.print("  hyperparameters: " + ", ".join(f"{k}={v}" for k, v in t.hyperparameters.items()),
                       highlight=False, markup=False)
         console.print(f"  {command}", highlight=False, soft_wrap=True, markup=False)
     if total:
-        console.print(f"\n[bold]total[/]: {len(plan.trials)} trials x {gpus_of(plan.trials[0].trial.profile)} GPUs, "
+        console.print(f"\n[bold]total{' of the cluster run (not the rehearsal)' if plan.rehearse else ''}[/]: "
+                      f"{len(plan.trials)} trials x {gpus_of(plan.trials[0].trial.profile)} GPUs, "
                       f"est. {total:,.0f} A100-hours (seconds per step are assumptions; see README)")
 
 
