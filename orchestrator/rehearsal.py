@@ -376,12 +376,30 @@ def replacements(plan) -> list[Replacement]:
 
 
 class ResumeDrill(RuntimeError):
-    """Raised by the trial controller to stop the drilled attempt; Tune retries the trial."""
+    """Raised by the trial controller to stop the drilled attempt; Tune retries the trial (:func:`drill`)."""
 
-    def __init__(self, step: int):
-        super().__init__(f"resume drill: the rehearsal stopped this attempt after its checkpoint at step {step}; "
-                         f"the retry must resume from it")
-        self.step = step
+
+def drill(step: int) -> ResumeDrill:
+    # one message argument: Ray rebuilds a worker's exception in the driver from its message
+    return ResumeDrill(f"resume drill: the rehearsal stopped this attempt after its checkpoint at step {step}; "
+                       f"the retry must resume from it")
+
+
+class _DrillFilter:
+    """Drops Tune's "Trial task failed" error (with its traceback) when the failure is a resume drill."""
+
+    def filter(self, record) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, ResumeDrill)
+
+
+def quiet_resume_drills() -> None:
+    """The drill is planned: the live table shows the trial retrying, Tune's error log for it is dropped."""
+    import logging
+
+    logger = logging.getLogger("ray.tune.execution.tune_controller")  # Tune logs failed trial tasks there
+    if not any(isinstance(f, _DrillFilter) for f in logger.filters):
+        logger.addFilter(_DrillFilter())
 
 
 def should_drill(plan, planned, attempt: int) -> bool:

@@ -28,6 +28,7 @@ from pathlib import Path
 from orchestrator.config.plan import ExperimentPlan, PlannedTrial
 from orchestrator.errors import UserError
 from orchestrator.jobs import JobRun, redacted, stop_jobs
+from orchestrator.rehearsal import drill, drill_step, quiet_resume_drills, should_drill
 from orchestrator.render import render_job, trial_checkpoint_dir
 from orchestrator.store import ExperimentDir, resume_point, summary
 from orchestrator.verl_bridge.patches import install_driver_patches
@@ -78,18 +79,16 @@ def trial_controller(config: dict) -> None:
     status.update(state="running", gpus=plan.gpus_per_trial)
     files.write_status(status)
 
-    from orchestrator.rehearsal import ResumeDrill, drill_step, should_drill
-
-    drill = should_drill(plan, planned, attempt)  # a rehearsal stops its first trial once, after a checkpoint
+    drilled = should_drill(plan, planned, attempt)  # a rehearsal stops its first trial once, after a checkpoint
     checkpoints = trial_checkpoint_dir(planned, files.path)
 
     def report(records: list[dict]) -> None:
         if [r for r in records if stream.accept(r)]:
             tune.report({**summary(stream.records), "attempt": attempt, "resumed_from_step": resumed_from})
-        step = drill_step(checkpoints, stream.steps(), planned.trial.profile.steps) if drill else None
+        step = drill_step(checkpoints, stream.steps(), planned.trial.profile.steps) if drilled else None
         if step is not None:
             status["attempts"][-1]["resume_drill"] = step
-            raise ResumeDrill(step)  # JobRun stops the job on the way out; Tune's FailureConfig retries
+            raise drill(step)  # JobRun stops the job on the way out; Tune's FailureConfig retries
 
     run = JobRun(client, job, submission_id, log_path=attempt_dir / "job.log", metadata=identity,
                  poll_s=float(config.get("poll_s", 1.0)))
@@ -216,6 +215,8 @@ def run_experiment(plan: ExperimentPlan, exp_dir: Path, console, *, address: str
             raise UserError(f"the Ray cluster at {address} declares {free} '{SLOT_RESOURCE}' resources but "
                                  f"a trial needs {plan.slots_per_trial}; start its GPU nodes with "
                                  f"--resources='{{\"{SLOT_RESOURCE}\": 1}}' per 8 GPUs (see cluster/)")
+        if plan.rehearse:
+            quiet_resume_drills()
         tuner = build_tuner(plan, exp_dir, poll_s=poll_s, restore=restore, renderer=renderer)
         with live:
             grid = tuner.fit()

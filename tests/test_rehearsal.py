@@ -269,6 +269,27 @@ def test_a_cluster_run_refuses_the_fixtures_data(tmp_path):
     assert result.exit_code == 2 and "holds the fixtures' rehearsal data" in " ".join(result.output.split())
 
 
+def test_tunes_error_log_for_a_drill_is_dropped_and_others_are_kept():
+    import logging
+    import sys
+
+    rehearsal.quiet_resume_drills()
+    rehearsal.quiet_resume_drills()  # idempotent
+    logger = logging.getLogger("ray.tune.execution.tune_controller")
+    assert sum(isinstance(f, rehearsal._DrillFilter) for f in logger.filters) == 1
+
+    def record(error):
+        try:
+            raise error
+        except Exception:  # noqa: BLE001
+            return logging.LogRecord(logger.name, logging.ERROR, __file__, 1, "Trial task failed", None, sys.exc_info())
+
+    assert not logger.filter(record(rehearsal.drill(1)))
+    assert logger.filter(record(RuntimeError("a real failure")))
+    assert str(rehearsal.drill(3)).startswith("resume drill: the rehearsal stopped this attempt after its checkpoint "
+                                              "at step 3;")
+
+
 def test_checks_table_marks_each_check():
     from rich.console import Console
 

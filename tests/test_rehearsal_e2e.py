@@ -65,6 +65,7 @@ def test_the_rehearsal_lists_what_it_replaced_and_ends_with_every_check_ok(rehea
     for key in DEVICE_BOUND:
         assert key in text, key
     assert "what the rehearsal tested" in text and "FAILED" not in text.split("what the rehearsal tested")[1]
+    assert "Trial task failed" not in text + done.stderr  # the drill is planned: no error log from Tune for it
 
 
 def test_every_device_free_a100_override_reached_verl_unchanged(trial):
