@@ -215,7 +215,7 @@ def _launch(plan, *, dry_run: bool, address: Optional[str], root: Path, resume: 
 
 
 def _print_dry_run(plan, lines) -> None:
-    from orchestrator.scales import gpu_hours, gpus_of
+    from orchestrator.scales import estimate_cost, gpus_of
 
     console.print(f"[bold]{plan.name}[/] (dry run: nothing starts): {len(plan.trials)} trial(s), profile "
                   f"{plan.profile}, scale {plan.scale}, seeds {plan.seeds}, {plan.steps} steps, scheduler "
@@ -226,10 +226,10 @@ def _print_dry_run(plan, lines) -> None:
         gpus = gpus_of(t.profile)
         cost = ""
         if t.profile.name == "a100":
-            hours = gpu_hours(t.profile)
-            total += hours
-            cost = (f", est. {hours:,.0f} A100-hours ({t.profile.steps} steps x "
-                    f"{t.profile.preset.seconds_per_step:g} s/step assumed)")
+            c = estimate_cost(t.profile)
+            total += c.gpu_hours
+            cost = (f", est. {c.gpu_hours:,.0f} A100-hours: {c.steps} steps x {c.seconds_per_step:,.0f} s + "
+                    f"{c.validations} validations x {c.validation_s:,.0f} s, derived")
         console.print(f"\n[bold]{planned.name}[/]  ({planned.label}, seed {t.seed}; {gpus} GPU(s), "
                       f"{plan.slots_per_trial} slot(s){cost})")
         console.print("  hyperparameters: " + ", ".join(f"{k}={v}" for k, v in t.hyperparameters.items()),
@@ -237,7 +237,8 @@ def _print_dry_run(plan, lines) -> None:
         console.print(f"  {command}", highlight=False, soft_wrap=True)
     if total:
         console.print(f"\n[bold]total[/]: {len(plan.trials)} trials x {gpus_of(plan.trials[0].trial.profile)} GPUs, "
-                      f"est. {total:,.0f} A100-hours (seconds per step are assumptions; see README)")
+                      f"est. {total:,.0f} A100-hours (derived from tokens per step and A100 throughput, "
+                      f"not measured: docs/orchestration.md#cost)")
 
 
 def _print_results(exp_dir: Path, passk: bool = False) -> None:
