@@ -11,6 +11,8 @@ With ``STANDIN_RENDEZVOUS`` (a directory shared by all the jobs of a test) the f
 two of them hold their GPUs at the same time, then write ``met`` there and go on; a job that waits longer than
 ``STANDIN_RENDEZVOUS_S`` (default 300) for a second one fails (exit 4). Later jobs see ``met`` and do not wait.
 So a test can require that the cluster ran two trials in parallel without counting on the timing of the jobs.
+If the directory has a subdirectory named like the job's experiment, that one is used, and a file ``need`` in it
+sets how many jobs must meet (default 2): tests sharing one cluster keep their rendezvous apart.
 
 Run time: ``STANDIN_SECONDS`` for every trial, or, with ``STANDIN_SECONDS_PER_HOUR`` (the benchmark's time
 compression), the trial's estimated wall hours on the a100 profile (:func:`orchestrator.scales.estimate_cost`)
@@ -19,6 +21,9 @@ Quality: validation Avg@k grows as ``final * (1 - exp(-3 t))`` over the run's fr
 ``STANDIN_FINAL_BY_LABEL`` (JSON, label -> final value) and ``STANDIN_CURVE_NOISE`` (Gaussian, per validation);
 otherwise it is linear in the step at ``STANDIN_QUALITY_BASE / (1 + seed)`` per step. Validations are logged every
 ``test_freq`` steps (and at step 0 and the last step) with ``STANDIN_VALIDATE_AT_TEST_FREQ``, else every step.
+
+The ``STANDIN_*`` settings come from the environment of the Ray nodes (the trial controllers render the job), and
+an experiment directory's ``standin.json`` (name -> value) overrides them for that experiment only.
 """
 
 from __future__ import annotations
@@ -33,23 +38,34 @@ import time
 from pathlib import Path
 
 
-def _noise_factor(name: str) -> float:
-    sigma = float(os.environ.get("STANDIN_NOISE", "0"))
+def settings(trial_dir: Path | None = None) -> dict[str, str]:
+    """The ``STANDIN_*`` settings: the environment's, overridden by the experiment's ``standin.json``."""
+    found = {k: v for k, v in os.environ.items() if k.startswith("STANDIN_")}
+    if trial_dir is not None:
+        override = Path(trial_dir).parent.parent / "standin.json"  # <experiment>/trials/<trial>
+        if override.is_file():
+            found.update({k: str(v) for k, v in json.loads(override.read_text()).items()})
+    return found
+
+
+def _noise_factor(name: str, env: dict[str, str]) -> float:
+    sigma = float(env.get("STANDIN_NOISE", "0"))
     if not sigma:
         return 1.0
-    seed = f"{os.environ.get('STANDIN_NOISE_SEED', '0')}:{name}"
+    seed = f"{env.get('STANDIN_NOISE_SEED', '0')}:{name}"
     rng = random.Random(int(hashlib.sha256(seed.encode()).hexdigest()[:12], 16))
     return math.exp(rng.gauss(0.0, sigma) - sigma * sigma / 2)  # mean 1
 
 
-def seconds_of(planned) -> float:
+def seconds_of(planned, env: dict[str, str] | None = None) -> float:
     """The stand-in's run time for a trial (see the module docstring)."""
-    per_hour = os.environ.get("STANDIN_SECONDS_PER_HOUR")
-    if per_hour is None:
-        return float(os.environ.get("STANDIN_SECONDS", "2"))
-    from orchestrator.scales import estimate_cost
+    from orchestrator.scales import A100Profile, estimate_cost
 
-    return estimate_cost(planned.trial.profile).wall_hours * float(per_hour) * _noise_factor(planned.name)
+    env = settings() if env is None else env
+    per_hour = env.get("STANDIN_SECONDS_PER_HOUR")
+    if per_hour is None or not isinstance(planned.trial.profile, A100Profile):
+        return float(env.get("STANDIN_SECONDS", "2"))
+    return estimate_cost(planned.trial.profile).wall_hours * float(per_hour) * _noise_factor(planned.name, env)
 
 
 def render(planned, plan, trial_dir: Path, attempt_dir: Path):
@@ -57,32 +73,34 @@ def render(planned, plan, trial_dir: Path, attempt_dir: Path):
     from orchestrator.jobs import TrialJob
     from orchestrator.scales import gpus_of
 
+    given = settings(trial_dir)
     nodes = planned.nodes
-    gpus = 8 * nodes if os.environ.get("STANDIN_A100") else gpus_of(planned.trial.profile)
+    gpus = 8 * nodes if given.get("STANDIN_A100") else gpus_of(planned.trial.profile)
     profile = planned.trial.profile
-    quality = str(float(os.environ.get("STANDIN_QUALITY_BASE", "0.1")) / (1 + planned.trial.seed))
-    finals = json.loads(os.environ.get("STANDIN_FINAL_BY_LABEL", "{}"))
+    quality = str(float(given.get("STANDIN_QUALITY_BASE", "0.1")) / (1 + planned.trial.seed))
+    finals = json.loads(given.get("STANDIN_FINAL_BY_LABEL", "{}"))
     env = {"VERL_FILE_LOGGER_PATH": str(attempt_dir / "metrics.jsonl"), "STANDIN_GPUS": str(gpus),
            "STANDIN_NODES": str(nodes), "STANDIN_STEPS": str(profile.steps),
            "STANDIN_TEST_FREQ": str(profile.test_freq), "STANDIN_LEDGER": str(attempt_dir / "ledger.json"),
-           "STANDIN_SECONDS": str(seconds_of(planned)), "STANDIN_QUALITY": quality,
+           "STANDIN_SECONDS": str(seconds_of(planned, given)), "STANDIN_QUALITY": quality,
            "STANDIN_CURVE_SEED": f"{planned.name}", "PYTHONPATH": str(Path(__file__).parents[1])}
     if planned.label in finals:
         env["STANDIN_FINAL"] = str(finals[planned.label])
     for name in ("STANDIN_RENDEZVOUS", "STANDIN_RENDEZVOUS_S", "STANDIN_CURVE_NOISE", "STANDIN_VALIDATE_AT_TEST_FREQ",
                  "STANDIN_GPU_WAIT_S"):
-        if name in os.environ:
-            env[name] = os.environ[name]
+        if name in given:
+            env[name] = given[name]
     return TrialJob([], env, trial_dir, attempt_dir / "metrics.jsonl", module="tests.standin_job")
 
 
 def _meet(rendezvous: Path, me: str) -> bool:
-    """Wait (at most ``STANDIN_RENDEZVOUS_S``) until two jobs are in ``rendezvous`` at once; False if none came."""
+    """Wait (at most ``STANDIN_RENDEZVOUS_S``) until enough jobs are in ``rendezvous`` at once; False if none came."""
     deadline = time.monotonic() + float(os.environ.get("STANDIN_RENDEZVOUS_S", "300"))
+    need = int((rendezvous / "need").read_text()) if (rendezvous / "need").is_file() else 2
     (rendezvous / f"{me}.running").write_text(str(os.getpid()))
     while not (rendezvous / "met").exists():
         running = sorted(p.name.removesuffix(".running") for p in rendezvous.glob("*.running"))
-        if len(running) >= 2:
+        if len(running) >= need:
             tmp = rendezvous / f"met.{me}.tmp"
             tmp.write_text(json.dumps({"running": running, "by": me, "time": time.monotonic()}))
             os.replace(tmp, rendezvous / "met")
@@ -120,6 +138,8 @@ def main() -> int:
     ledger = Path(os.environ["STANDIN_LEDGER"])
     me = f"{ledger.parents[2].name}-a{ledger.parent.name}"  # <trial>/attempts/<n>/ledger.json
     rendezvous = Path(os.environ["STANDIN_RENDEZVOUS"]) if os.environ.get("STANDIN_RENDEZVOUS") else None
+    if rendezvous is not None and (rendezvous / ledger.parents[4].name).is_dir():
+        rendezvous = rendezvous / ledger.parents[4].name  # <experiment>/trials/<trial>/attempts/<n>/ledger.json
     if rendezvous is not None and not _meet(rendezvous, me):
         print(f"no second job held its GPUs alongside {me} within {os.environ.get('STANDIN_RENDEZVOUS_S', '300')} s",
               file=sys.stderr)

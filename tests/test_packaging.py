@@ -86,6 +86,7 @@ def test_the_installed_wheel_finds_its_specs_and_dashboards_outside_a_checkout(i
         print(json.dumps({"package": orchestrator.__file__, "sweeps": str(resources.data_dir("sweeps")),
                           "dashboards": str(resources.dashboard_definition()), "specs": list(resources.spec_files()),
                           "alpha_beta": load_spec("alpha-beta").name, "compare": load_spec("compare").kind,
+                          "study_parts": len(load_spec("paper").parts),
                           "x": load_definition().x, "paper": str(PAPER_RESULTS), "paper_ok": PAPER_RESULTS.is_file()}))
     """
     run = _outside(installed, sys.executable, "-c", code, cwd=tmp_path)
@@ -93,7 +94,8 @@ def test_the_installed_wheel_finds_its_specs_and_dashboards_outside_a_checkout(i
     found = json.loads(run.stdout.splitlines()[-1])
     for key in ("package", "sweeps", "dashboards", "paper"):
         assert Path(found[key]).is_relative_to(installed), (key, found)
-    assert found["specs"] == ["alpha-beta", "compare"]
+    assert found["specs"] == ["alpha-beta", "compare", "paper"]
+    assert found["study_parts"] == 10  # the study's parts resolve their specs inside the wheel too
     assert (found["alpha_beta"], found["compare"], found["x"]) == ("alpha-beta", "compare", "training/global_step")
     assert found["paper_ok"]
 
