@@ -67,17 +67,19 @@ class Panel(_Model):
     y: Optional[str] = None
     columns: list[Column] = []
     bars: list[str] = []
+    # Pass@j against j = 1, 2, 4, ..., k with this estimator (docs/algorithms.md#pass-at-k); expanded into ``bars``
+    passk: Optional[Literal["unbiased", "bootstrap"]] = None
     per_source: bool = False
 
     @model_validator(mode="after")
     def _one_kind(self) -> Panel:
-        if sum((self.y is not None, bool(self.columns), bool(self.bars))) != 1:
-            raise ValueError(f"panel {self.title!r} needs exactly one of y, columns, bars")
+        if sum((self.y is not None, bool(self.columns), bool(self.bars) and not self.passk, bool(self.passk))) != 1:
+            raise ValueError(f"panel {self.title!r} needs exactly one of y, columns, bars, passk")
         return self
 
     @property
-    def kind(self) -> Literal["line", "parallel", "bars"]:
-        return "line" if self.y else "parallel" if self.columns else "bars"
+    def kind(self) -> Literal["line", "parallel", "bars", "passk"]:
+        return "line" if self.y else "parallel" if self.columns else "passk" if self.passk else "bars"
 
 
 class Section(_Model):
@@ -92,6 +94,8 @@ class ReportBlock(_Model):
     kinds: Optional[list[str]] = None
     panels: list[Panel] = []
     table: bool = False
+    # the local page draws this block as the PNG figure of orchestrator.plots (W&B draws its panels)
+    figure: Optional[Literal["training"]] = None
 
 
 class ReportDefinition(_Model):
@@ -137,8 +141,30 @@ def _fill(text: str, **values) -> str:
     return text
 
 
+def passk_keys(source: str, k: int, estimator: str) -> list[tuple[int, str]]:
+    """(j, metric key) of Pass@j for j = 1, 2, 4, ..., k of one validation set.
+
+    unbiased: the project's ``pass@j`` (``val-core`` at j = k, ``val-aux`` below). bootstrap: verl's
+    ``best@j/mean`` (j >= 2) and Avg@k at j = 1 (verl logs no best@1; its expectation is Avg@k, and the paper's
+    Table 7 Pass@1 is its Avg@32).
+    """
+    from orchestrator.metrics import k_values
+
+    out = []
+    for j in k_values(k):
+        section = "val-core" if j == k else "val-aux"
+        if estimator == "unbiased":
+            out.append((j, f"{section}/{source}/acc/pass@{j}"))
+        elif j == 1:
+            out.append((j, f"val-core/{source}/acc/mean@{k}"))
+        else:
+            out.append((j, f"{section}/{source}/acc/best@{j}/mean"))
+    return out
+
+
 def expand(panels: list[Panel], validation: Validation, experiment: str = "") -> list[Panel]:
-    """The panels with ``{k}``, ``{source}`` and ``{experiment}`` filled; ``per_source`` panels once per source."""
+    """The panels with ``{k}``, ``{source}`` and ``{experiment}`` filled; ``per_source`` panels once per source;
+    a ``passk`` panel's bars are its Pass@j keys."""
     out = []
     for panel in panels:
         for source in (validation.sources if panel.per_source else [None]):
@@ -148,11 +174,14 @@ def expand(panels: list[Panel], validation: Validation, experiment: str = "") ->
                     values["source"] = source
                 return _fill(text, **values)
 
+            bars = [fill(b) for b in panel.bars]
+            if panel.passk:
+                bars = [key for _, key in passk_keys(source or "average", validation.k, panel.passk)]
             out.append(Panel(
                 title=fill(panel.title), y=fill(panel.y) if panel.y else None,
                 columns=[Column(label=fill(c.label), config=c.config, final=c.final and fill(c.final),
                                 best=c.best and fill(c.best)) for c in panel.columns],
-                bars=[fill(b) for b in panel.bars]))
+                bars=bars, passk=panel.passk))
     return out
 
 
@@ -198,7 +227,7 @@ def _wandb_panel(panel: Panel, definition: Definition, index: int):
     if panel.kind == "line":
         return wr.LinePlot(title=panel.title, x=definition.x, y=[panel.y], groupby=group, groupby_aggfunc="mean",
                            groupby_rangefunc="minmax", title_x="training step", layout=layout)
-    if panel.kind == "bars":
+    if panel.kind in ("bars", "passk"):
         return wr.BarPlot(title=panel.title, metrics=[f"{b}.last" for b in panel.bars], groupby=group,
                           groupby_aggfunc="mean", groupby_rangefunc="minmax", orientation="v", layout=layout)
     columns = [wr.ParallelCoordinatesPlotColumn(
@@ -226,7 +255,7 @@ def build_workspace(definition: Definition, *, experiment: str, entity: str, pro
 
 def build_report(definition: Definition, *, experiment: str, entity: str, project: str, validation: Validation,
                  kind: str | None = None):
-    """The W&B report mirroring the paper's Figure 3, Figure 4 (top, sweeps) and Table 1."""
+    """The W&B report mirroring the paper's Figure 3, Table 7, Figure 4 (top, sweeps) and Table 1."""
     import wandb_workspaces.reports.v2 as wr
     from wandb_workspaces import expr
 
@@ -238,8 +267,8 @@ def build_report(definition: Definition, *, experiment: str, entity: str, projec
             blocks.append(wr.P(text=_fill(block.text, k=validation.k, experiment=experiment)))
         columns = []
         if block.table:
-            columns = [f"summary:val-core/{s}/acc/{m}@{validation.k}.last"
-                       for s in [*validation.sources, "average"] for m in ("mean", "pass")]
+            columns = [f"summary:val-core/{s}/acc/{m}.last" for s in [*validation.sources, "average"]
+                       for m in (f"mean@{validation.k}", f"best@{validation.k}/mean", f"pass@{validation.k}")]
         runset = wr.Runset(name=experiment, filters=expr.And(expr.Metric("Group") == experiment),
                            groupby=[f"config.{definition.group_by}"], pinned_columns=columns)
         panels = [_wandb_panel(p, definition, i) for i, p in enumerate(expand(block.panels, validation, experiment))]

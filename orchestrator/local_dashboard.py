@@ -3,8 +3,10 @@
 The panels are those of the W&B workspace (``dashboards/maspo.yaml``), drawn as inline SVG from the local files
 (``runs/<NAME>/trials/*/metrics.jsonl`` and ``trial.json``, or a single ``maspo run`` directory): runs grouped by
 their label (the algorithm in a comparison, the (alpha, beta) setting in a sweep), the mean over seeds as a line
-and the range over seeds as a band. Then the final validation as the paper's Table 1. No script, no network: the
-file opens anywhere, tooltips are SVG ``<title>`` elements.
+and the range over seeds as a band. Pass@k-against-k panels and the report's Figure 3 row are the PNG figures of
+:mod:`orchestrator.plots` (the same as ``maspo results --plot``), embedded as data URIs. Then the final
+validation as the paper's Table 1. No script, no network: the file opens anywhere, tooltips are SVG ``<title>``
+elements.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from orchestrator.dashboards import (
     DashboardError, Definition, Panel, Validation, blocks_for, detect_validation, expand, experiment_path,
     load_definition, sections_for,
 )
-from orchestrator.results import TrialResult, best_labels, final_validation, group_rows, ordered_sources
-from orchestrator.store import ExperimentDir, history, write_text_atomic
-
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
-           "#7f7f7f"]
+from orchestrator.plots import PALETTE
+from orchestrator.results import (
+    ESTIMATOR_NAMES, PAPER_NAMES, Estimator, TrialResult, default_estimator, group_rows, mean_curves, order_rows,
+    ordered_sources, paper_applies, paper_passk_rows, ranks, table_columns, trial_result,
+)
+from orchestrator.store import ExperimentDir, write_text_atomic
 WIDTH, HEIGHT = 440, 270
 LEFT, RIGHT, TOP, BOTTOM = 56, 14, 30, 40
 
@@ -72,11 +75,9 @@ def load_trials(exp_dir: Path) -> list[Trial]:
         config = info.get("trial") or planned.get(name, {}).get("trial") or {}
         label = info.get("label") or planned.get(name, {}).get("label") or config.get("algorithm") or name
         settings = {**config, "experiment": meta.get("name", exp_dir.name), "trial": name, "label": label}
-        records = files.records()
-        k, final, passk = final_validation(records)
-        result = TrialResult(name, label, config.get("algorithm", ""), int(config.get("seed", 0)),
-                             files.status().get("state", "pending"), 0, k, final, passk)
-        trials.append(Trial(name, label, settings, history(records), result))
+        result = trial_result(name, label, config.get("algorithm", ""), int(config.get("seed", 0)), files.records(),
+                              files.status())
+        trials.append(Trial(name, label, settings, result.history, result))
     return trials
 
 
@@ -244,16 +245,19 @@ def parallel_svg(title: str, panel: Panel, trials: list[Trial], colors: dict[str
 # the page
 
 
-def final_table(trials: list[Trial]) -> str:
-    """The paper's Table 1 (the rows ``maspo results`` shows): per label the last validation's Avg@k / Pass@k,
-    mean over seeds and, with several seeds, the range."""
+def final_table(trials: list[Trial], estimator: Estimator = "unbiased", kind: str | None = None) -> str:
+    """The paper's Table 1 (the rows ``maspo results`` shows, in its order): per label the last validation's
+    Avg@k / Pass@k (``estimator``) per set, then the other estimator's average Pass@k; mean over seeds and, with
+    several seeds, the range. Best in bold, second best underlined."""
     results = [t.result for t in trials if t.result is not None]
-    rows = group_rows(results)
+    rows = order_rows(group_rows(results), kind)
     sources = [*ordered_sources(results), "average"]
     k = max((r.k for r in results if r.k), default="k")
-    columns = [f"{s}/{m}" for s in sources for m in ("avg", "pass")]
-    best = best_labels(rows, columns)
+    columns = table_columns(sources[:-1], estimator)
+    other = "unbiased" if estimator == "bootstrap" else "bootstrap"
+    marks = ranks(rows, columns)
     head = "".join(f'<th colspan="2">{html.escape(s.capitalize() if s == "average" else s)}</th>' for s in sources)
+    head += f'<th rowspan="2">P@{k}<br>{other}<br>(average)</th>'
     sub = "".join(f"<th>A@{k}</th><th>P@{k}</th>" for _ in sources)
     body = []
     for row in rows:
@@ -268,11 +272,45 @@ def final_table(trials: list[Trial]) -> str:
             text = f"{100 * row.cell(column)[0]:.1f}"
             if max(values) > min(values):
                 text += f'<span class="range"> [{100 * min(values):.1f}, {100 * max(values):.1f}]</span>'
-            bold = best.get(column) == row.label and len(rows) > 1
-            cells.append(f"<td><b>{text}</b></td>" if bold else f"<td>{text}</td>")
+            rank = marks[column].get(row.label)
+            cells.append(f"<td><b>{text}</b></td>" if rank == 1 else f"<td><u>{text}</u></td>" if rank == 2
+                         else f"<td>{text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return (f'<table class="final"><thead><tr><th rowspan="2">method</th>{head}</tr><tr>{sub}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table>')
+    caption = (f"A@{k} = Avg@{k}; P@{k} = Pass@{k}, {ESTIMATOR_NAMES[estimator]}; each trial's last validation; "
+               "best in bold, second best underlined")
+    return (f'<table class="final"><caption>{html.escape(caption)}</caption><thead><tr><th rowspan="2">method</th>'
+            f'{head}</tr><tr>{sub}</tr></thead><tbody>{"".join(body)}</tbody></table>')
+
+
+def _img(uri: str, alt: str) -> str:
+    return f'<img class="figure" src="{uri}" alt="{html.escape(alt)}">'
+
+
+def passk_png(panel: Panel, trials: list[Trial], colors: dict[str, str], meta: dict, k: int) -> str:
+    """A Pass@k-against-k panel as the PNG of :func:`orchestrator.plots.passk_figure`, one set."""
+    from orchestrator.plots import data_uri, passk_figure
+
+    source = panel.bars[0].split("/")[1]
+    results = [t.result for t in trials if t.result is not None]
+    rows = group_rows(results)
+    curves = mean_curves(rows, [source.removeprefix("local_")], panel.passk)
+    if not curves:
+        return _empty(panel.title, f"no Pass@k of {source} yet")
+    paper = {}
+    if paper_applies(meta.get("profile"), meta.get("scale")):
+        paper = {s: v for s, v in paper_passk_rows(rows, meta["scale"], meta.get("kind")).items() if s in curves}
+    fig = passk_figure(curves, panel.passk, paper, colors, PAPER_NAMES,
+                       title=f"{panel.title}{'; crosses: paper Table 7 (bootstrap)' if paper else ''}")
+    fig.set_size_inches(5.2, 3.9)
+    return _img(data_uri(fig), panel.title)
+
+
+def training_png(groups: dict[str, list[Trial]], colors: dict[str, str], k: int, title: str) -> str:
+    from orchestrator.plots import data_uri, training_figure
+
+    fig = training_figure({label: [t.history for t in members] for label, members in groups.items()}, k, colors,
+                          title=title)
+    return _img(data_uri(fig), title)
 
 
 CSS = """
@@ -291,6 +329,8 @@ svg .paxis { stroke: #888; stroke-width: 1; }
 table.final { border-collapse: collapse; background: #fff; font-size: 13px; }
 table.final th, table.final td { border: 1px solid #d8d8d8; padding: 4px 8px; text-align: right; white-space: nowrap; }
 table.final th.label { text-align: left; } .seeds, .range { color: #888; font-weight: normal; font-size: 11px; }
+table.final caption { caption-side: top; text-align: left; color: #555; font-size: 12px; padding: 4px 0; }
+img.figure { background: #fff; border: 1px solid #d0d0d0; max-width: 100%; }
 """
 
 
@@ -317,11 +357,18 @@ def render(exp_dir: Path, definition: Definition, validation: Validation) -> str
                 body.append(line_svg(panel.title, panel.y, "training step", series))
             elif panel.kind == "parallel":
                 body.append(parallel_svg(panel.title, panel, trials, colors))
+            elif panel.kind == "passk":
+                body.append(passk_png(panel, trials, colors, meta, validation.k))
         body.append("</div>")
     for block in blocks_for(definition, kind):
+        if block.figure == "training":
+            body.append(f"<h2>{html.escape(block.heading)}</h2>")
+            body.append(training_png(groups, colors, validation.k, f"{name}: {block.heading}; mean over seeds, "
+                                                                   "band: lowest to highest seed"))
         if block.table:
             body.append(f"<h2>{html.escape(block.heading)}</h2>")
-            body.append(final_table(trials))
+            estimator = default_estimator(profile=meta.get("profile"), scale=meta.get("scale"))
+            body.append(final_table(trials, estimator, kind))
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>maspo: {html.escape(name)}</title>'
             f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
 

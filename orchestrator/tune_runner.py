@@ -36,6 +36,7 @@ from orchestrator.errors import UserError
 from orchestrator.jobs import JobRun, redacted, stop_jobs
 from orchestrator.render import render_job, trial_checkpoint_dir
 from orchestrator.store import ExperimentDir, resume_point, summary
+from orchestrator.verl_bridge.patches import install_driver_patches
 
 SLOT_RESOURCE = "verl_slot"
 CONTROLLER_CPU = 0.01  # a trial controller polls a job and tails a file
@@ -208,27 +209,6 @@ def build_tuner(plan: ExperimentPlan, exp_dir: Path, callbacks=(), poll_s: float
     )
 
 
-def _quiet_worker_start_warnings() -> None:
-    """Drop Ray's "N PYTHON worker processes have been started" warnings from this driver's console.
-
-    Each verl job starts about 15 worker processes and the raylet warns whenever that exceeds the number of
-    CPUs; on the local profile that is a screenful per trial above the live table, and says nothing to act on.
-    """
-    import ray._private.worker as ray_worker
-
-    original = ray_worker.print_to_stdstream
-    if getattr(original, "_maspo_quiet", False):
-        return
-
-    def filtered(data, ignore_prefix):
-        lines = [line for line in data.get("lines", []) if "PYTHON worker processes have been started" not in line]
-        if lines:
-            original({**data, "lines": lines}, ignore_prefix)
-
-    filtered._maspo_quiet = True
-    ray_worker.print_to_stdstream = filtered
-
-
 def slots_available() -> int:
     import ray
 
@@ -295,7 +275,7 @@ def run_experiment(plan: ExperimentPlan, exp_dir: Path, console, *, address: str
         if cluster is not None:
             cluster.start()
             address = cluster.address
-        _quiet_worker_start_warnings()
+        install_driver_patches()  # the driver's console: Ray's worker-start warnings dropped (docs/patches.md)
         try:
             ray.init(address=address, log_to_driver=False, logging_level="ERROR",
                      runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}} if cluster else None)

@@ -61,7 +61,7 @@ def expected_actor(algorithm: str, scale: str) -> dict:
                         "policy_loss.entropy_adv_kappa": 2.0, "calculate_entropy": True},
         "dac": {"policy_loss.loss_mode": "dac", **CLIP, "policy_loss.dac_high_cap": 10.0},
         "bapo": {"policy_loss.loss_mode": "bapo", **{f"policy_loss.bapo_{k}": v for k, v in BAPO.items()},
-                 "policy_loss.bapo_reading": "literal"},
+                 "policy_loss.bapo_reading": "grad_mass"},
         "sapo": {"policy_loss.loss_mode": "sapo", "tau_pos": 1.0, "tau_neg": 1.05,
                  "loss_agg_mode": "seq-mean-token-mean"},
         "sapo_unilateral": {"policy_loss.loss_mode": "sapo_unilateral", "tau_pos": 1.0, "tau_neg": 1.05,

@@ -142,8 +142,8 @@ def test_results_table_from_trial_files(tmp_path):
         (d / "status.json").write_text(json.dumps({"state": "succeeded", "gpus": 1, "attempts": [
             {"started": 100.0, "ended": 460.0}]}))
     results = collect(exp_dir)
-    assert [r.label for r in results.rows] == ["MASPO", "GRPO"] and results.k == 8
-    mean, std = results.rows[0].cell("aime24/avg")
+    assert [r.label for r in results.rows] == ["GRPO", "MASPO"] and results.k == 8  # Table 1 order
+    mean, std = results.rows[1].cell("aime24/avg")
     assert mean == pytest.approx(0.55) and std == pytest.approx(0.0707, abs=1e-3)
     assert results.best()["average/avg"] == "MASPO"
     assert results.trials[0].gpu_hours == pytest.approx(0.1)
@@ -227,12 +227,13 @@ def test_resume_point_skips_a_checkpoint_whose_step_was_never_logged(tmp_path):
 def test_worker_start_warnings_are_dropped_from_the_driver_console(capsys):
     import ray._private.worker as ray_worker
 
-    from orchestrator.tune_runner import _quiet_worker_start_warnings
+    from orchestrator.verl_bridge.patches import install_driver_patches
 
     original = ray_worker.print_to_stdstream
     try:
-        _quiet_worker_start_warnings()
-        _quiet_worker_start_warnings()  # idempotent
+        install_driver_patches()
+        install_driver_patches()  # idempotent
+        assert ray_worker.print_to_stdstream.__wrapped__ is original
         emit = ray_worker.print_to_stdstream
         emit({"lines": ["WARNING: 8 PYTHON worker processes have been started on node: x"], "pid": "raylet",
               "is_err": False}, ignore_prefix=False)

@@ -79,6 +79,11 @@ def test_prompts_oldest_first_then_in_submission_order(replay_buffer):
 
 
 def test_cpu_platform_polls_the_replay_buffer_faster(monkeypatch, replay_buffer):
+    from orchestrator.verl_bridge import patches
+
+    # the plugin installs the poll patch only where VERL_PLATFORM=cpu or MASPO_REPLAY_POLL_S is set at import
+    # verl (not in this test process): install it here, as the plugin does in a local-profile process
+    patches.install(patches.get("replay_buffer_poll"))
     monkeypatch.delenv(batch_order.POLL_ENV, raising=False)
     monkeypatch.delenv("VERL_PLATFORM", raising=False)
     assert batch_order.poll_interval() is None  # a cluster keeps verl's 2 s

@@ -176,3 +176,42 @@ def test_bapo_one_pass_sums_equal_eq8_by_definition(batch, reading, ties):
         ratio = grid[torch.arange(ratio.numel()) % len(grid)].reshape(ratio.shape)
     fast = bapo.contribution_sums(ratio, adv, torch.exp(old), mask, path, reading)
     torch.testing.assert_close(fast, _eq8_by_definition(ratio, adv, torch.exp(old), mask, path, reading))
+
+
+def _bapo_rho(batch, path, reading="grad_mass"):
+    from orchestrator.algorithms import bapo
+
+    old, log_prob, adv, mask, _ = batch
+    ratio = torch.exp(torch.clamp(log_prob - old, -20, 20)).detach()
+    return bapo.rho_pos(bapo.contribution_sums(ratio, adv, torch.exp(old), mask, path, reading))
+
+
+@SETTINGS
+@given(batch=batches(max_rows=6))
+def test_bapo_grad_mass_rho_pos_is_a_share(batch):
+    """Under the default reading rho_pos is a share of the gradient mass: always in [0, 1], at every bound."""
+    from orchestrator.algorithms import bapo
+
+    rho = _bapo_rho(batch, bapo.bound_path(0.6, 0.9, 1.2, 3.0, 0.02, 0.05))
+    assert ((rho >= 0) & (rho <= 1)).all(), rho
+
+
+BOUND = st.floats(0.05, 0.999)
+
+
+@SETTINGS
+@given(batch=batches(max_rows=6), c_low=BOUND, high_a=st.floats(1.001, 25.0), high_b=st.floats(1.001, 25.0))
+def test_bapo_grad_mass_raising_c_high_never_lowers_rho_pos(batch, c_low, high_a, high_b):
+    assume(high_a != high_b)
+    lo, hi = sorted((high_a, high_b))
+    rho = _bapo_rho(batch, [(c_low, lo), (c_low, hi)])
+    assert rho[1] >= rho[0] * (1 - 1e-12), rho
+
+
+@SETTINGS
+@given(batch=batches(max_rows=6), c_high=st.floats(1.001, 25.0), low_a=BOUND, low_b=BOUND)
+def test_bapo_grad_mass_raising_c_low_never_lowers_rho_pos(batch, c_high, low_a, low_b):
+    assume(low_a != low_b)
+    lo, hi = sorted((low_a, low_b))
+    rho = _bapo_rho(batch, [(lo, c_high), (hi, c_high)])
+    assert rho[1] >= rho[0] * (1 - 1e-12), rho

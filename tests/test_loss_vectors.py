@@ -170,6 +170,24 @@ def test_bapo_b2():
     assert rho == pytest.approx([0.3806, 0.3859, 0.3912, 0.3963, 0.4013], abs=1e-4)
 
 
+def test_bapo_grad_mass_moves_both_bounds():
+    """The default reading: B1 needs both phases of Algorithm 1, and each raises rho_pos."""
+    ratio, adv, pi_old, mask = _bapo_tokens(B1)
+    path = bapo.bound_path(0.6, 0.9, 1.2, 3.0, 0.02, 0.05)
+    rho = bapo.rho_pos(bapo.contribution_sums(ratio, adv, pi_old, mask, path, "grad_mass"))
+    assert rho[0].item() == pytest.approx(0.8 / 2.9)  # (+1, 1.6) clipped; (-1, .5) clipped
+    assert rho[8].item() == pytest.approx(1.1 / 3.2)  # c_high = 1.6 lets (+1, 1.6) through
+    assert rho[42].item() == pytest.approx(1.1 / 2.7)  # c_low = 0.72 clips (-1, .7)
+    assert MaspoPolicyLossConfig(loss_mode="bapo").bapo_reading == "grad_mass"
+    found = bapo.search_bounds(ratio, adv, pi_old, mask, MaspoPolicyLossConfig(loss_mode="bapo"))
+    assert (found.c_low, found.c_high, found.steps) == (pytest.approx(0.72), pytest.approx(3.0), 42)
+    assert found.rho_pos == pytest.approx(0.4074, abs=1e-4)
+    ratio, adv, pi_old, mask = _bapo_tokens(B2)
+    found = bapo.search_bounds(ratio, adv, pi_old, mask, _bapo_config("grad_mass"))
+    assert (found.c_low, found.c_high, found.steps) == (pytest.approx(0.9), pytest.approx(3.0), 51)
+    assert found.rho_pos == pytest.approx(1.0 / 2.79)
+
+
 def test_bapo_path_uses_integer_counters():
     path = bapo.bound_path(0.6, 0.9, 1.2, 3.0, 0.02, 0.05)
     assert len(path) == 36 + 15 + 1

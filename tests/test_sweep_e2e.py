@@ -85,9 +85,13 @@ def test_results_table_reads_what_the_trials_reported(local_sweep):
     for row, trial in zip(results["rows"], results["trials"]):
         final = _records(exp_dir / "trials" / trial["name"] / "metrics.jsonl")[-1]["data"]
         assert row["average_avg"] == pytest.approx(100 * final["val-core/average/acc/mean@4"], abs=1e-3)
+        assert row["average_pass_unbiased"] == pytest.approx(100 * final["val-core/average/acc/pass@4"], abs=1e-3)
+        assert row["average_pass_bootstrap"] == pytest.approx(100 * final["val-core/average/acc/best@4/mean"],
+                                                              abs=1e-3)
         assert f"{row['average_avg']:.1f}" in out.stdout
     assert sum(t["attempts"] for t in results["trials"]) == 3 and results["total_gpu_hours"] > 0
-    assert "Avg@4 / Pass@4" in out.stdout and "MATH500" in out.stdout
+    text = " ".join(out.stdout.split())
+    assert "A = Avg@4, P = Pass@4 (%), unbiased" in text and "MATH500" in text  # local: no paper rows, unbiased
 
 
 def test_no_wandb_key_in_any_file_the_project_wrote(local_sweep):

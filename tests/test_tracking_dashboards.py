@@ -258,14 +258,25 @@ def test_wandb_views_match_golden_json(case, monkeypatch):
     # what the generated JSON says, in words
     workspace = dashboards.to_json(views["workspace"])
     sections = workspace["spec"]["section"]["panelBankConfig"]["sections"]
-    assert [s["name"] for s in sections] == ["Training dynamics", "Validation", "Alpha-beta study"]
+    assert [s["name"] for s in sections] == ["Training dynamics", "Validation", "Pass@k against k",
+                                             "Alpha-beta study"]
     k = args["validation"].k
     lines = [p["config"] for s in sections for p in s["panels"] if p["viewType"] == "Run History Line Plot"]
     assert all(c["xAxis"] == "training/global_step" and c["groupBy"] == "maspo.value.label"
                and c["groupAgg"] == "mean" and c["groupArea"] == "minmax" for c in lines)
     plotted = {m for c in lines for m in c["metrics"]}
     for source in [*args["validation"].sources, "average"]:
-        assert {f"val-core/{source}/acc/mean@{k}", f"val-core/{source}/acc/pass@{k}"} <= plotted
+        assert {f"val-core/{source}/acc/mean@{k}", f"val-core/{source}/acc/pass@{k}",
+                f"val-core/{source}/acc/best@{k}/mean"} <= plotted
+    # every Pass@k panel names its estimator; the bootstrap one is the paper's
+    titles = [p["config"].get("chartTitle", "") for s in sections for p in s["panels"]]
+    assert all("unbiased" in t or "bootstrap" in t for t in titles if "Pass@" in t), titles
+    # Pass@j against j (Table 7): bars of the unbiased Pass@1 ... Pass@k per set
+    bars = [p["config"] for s in sections if s["name"] == "Pass@k against k" for p in s["panels"]]
+    assert len(bars) == len(args["validation"].sources)
+    source = args["validation"].sources[0]
+    assert bars[0]["metrics"] == [f"{'val-core' if j == k else 'val-aux'}/{source}/acc/pass@{j}.last"
+                                  for j in (1, 2, 4, 8, 16, 32) if j <= k]
     assert {"actor/entropy", "critic/score/mean", "response_length/mean", "actor/pg_clipfrac",
             "actor/maspo/gate_mean"} <= plotted
     [parallel] = [p["config"] for s in sections for p in s["panels"] if p["viewType"] == "Parallel Coordinates Plot"]
@@ -278,10 +289,18 @@ def test_wandb_views_match_golden_json(case, monkeypatch):
     assert dashboards.to_json(ws.Workspace._from_model(views["workspace"]._to_model())) == workspace
     report = dashboards.to_json(views["report"])
     headings = [b["children"][0]["text"] for b in report["spec"]["blocks"] if b["type"] == "heading"]
-    expected = ["Training dynamics (paper Figure 3)", "Final validation (paper Table 1)"]
+    expected = ["Training dynamics (paper Figure 3)", "Pass@k against k (paper Figure 3 a, e and Table 7)",
+                "Final validation (paper Table 1)"]
     if args["kind"] == "sweep":
-        expected.insert(1, "Hyperparameter sensitivity (paper Figure 4, top)")
+        expected.insert(2, "Hyperparameter sensitivity (paper Figure 4, top)")
     assert headings == expected
+    # Figure 3's row: entropy, Avg@k and response length against the step
+    grids = [b for b in report["spec"]["blocks"] if b["type"] == "panel-grid"]
+    figure3 = [p["config"]["metrics"] for p in grids[0]["metadata"]["panelBankSectionConfig"]["panels"]]
+    assert figure3 == [["actor/entropy"], [f"val-core/average/acc/mean@{k}"], ["response_length/mean"]]
+    # Table 7's bars are verl's bootstrap, its Pass@1 is Avg@k
+    passk = grids[1]["metadata"]["panelBankSectionConfig"]["panels"][0]["config"]["metrics"]
+    assert passk[0] == f"val-core/{source}/acc/mean@{k}.last" and passk[-1] == f"val-core/{source}/acc/best@{k}/mean.last"
     assert isinstance(wr.Report._from_model(views["report"]._to_model()), wr.Report)
 
 
@@ -340,6 +359,12 @@ def make_experiment(root: Path, name: str = "demo") -> Path:
                     for source in [*LOCAL_SOURCES, "average"]:
                         data[f"val-core/{source}/acc/mean@8"] = 0.4 + 0.01 * step + shift + 0.02 * seed
                         data[f"val-core/{source}/acc/pass@8"] = 0.7 + 0.01 * step + shift
+                        data[f"val-core/{source}/acc/best@8/mean"] = 0.6 + 0.01 * step + shift  # verl's bootstrap
+                        if source != "average":  # Pass@j below k: the project's (unbiased) and verl's (bootstrap)
+                            for j in (1, 2, 4):
+                                data[f"val-aux/{source}/acc/pass@{j}"] = 0.4 + 0.07 * j + shift
+                                if j > 1:
+                                    data[f"val-aux/{source}/acc/best@{j}/mean"] = 0.4 + 0.05 * j + shift
                 lines.append(json.dumps({"step": step, "data": data}))
             (trial_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     (exp / "experiment.json").write_text(json.dumps({"name": name, "kind": "sweep", "trials": planned}))

@@ -23,7 +23,7 @@ runner = CliRunner()
         ("clip_higher", {"eps_low": 0.0}, "eps_low: Input should be greater than 0"),
         ("dac", {"eps_high": 1.5}, "eps_high: Input should be less than 1"),
         ("maspo", {"beta": 0.1, "beta_low": 0.2}, "contradicts"),
-        ("bapo", {"reading": "median"}, "reading: Input should be 'literal', 'abs_sum' or 'grad_mass'"),
+        ("bapo", {"reading": "median"}, "reading: Input should be 'grad_mass', 'literal' or 'abs_sum'"),
         ("bapo", {"c_low_start": 0.95}, "exceeds c_low_max"),
         ("entropy_adv", {"kappa": 1.0}, "kappa: Input should be greater than 1"),
         ("sapo", {"alpha": 0.5}, "alpha: Extra inputs are not permitted"),

@@ -10,8 +10,9 @@ rho_pos is formed: the bounds of a policy update are searched over its whole min
 Eq. 8, with pi_old the rollout probability and r the current ratio:
     rho_pos = | sum_{A_t>0} pi_old * min(r A, clip(r, 0, c_high) A) |
               / | sum_t pi_old * min(r A, clip(r, c_low, c_high) A) |
-Readings (docs/algorithms.md#bapo-readings): ``literal`` (signed sums, as printed), ``abs_sum`` (sums of |terms|), and
-``grad_mass`` (pi_old * |A| over tokens whose gradient survives the clip).
+Readings (docs/algorithms.md#bapo-readings): ``grad_mass`` (the default: pi_old * |A| over tokens whose gradient
+survives the clip, BAPO's own section 2 notion of a token's contribution; rho_pos lies in [0, 1] and rises along the
+whole path), ``literal`` (signed sums, as printed) and ``abs_sum`` (sums of |terms|).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def contribution_sums(
     pi_old: torch.Tensor,
     response_mask: torch.Tensor,
     path: list[tuple[float, float]],
-    reading: str = "literal",
+    reading: str = "grad_mass",
 ) -> torch.Tensor:
     """(len(path), 2) float64 tensor of Eq. 8's numerator and denominator sums, before the absolute values.
 
@@ -65,22 +66,32 @@ def contribution_sums(
     highs = torch.tensor(sorted({c_high for _, c_high in path}), dtype=torch.float64, device=r.device)
     lows = torch.tensor(sorted({c_low for c_low, _ in path}), dtype=torch.float64, device=r.device)
 
+    def per_bin(values: torch.Tensor, bounds: torch.Tensor, right: bool, select: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(len(bounds) + 1, dtype=torch.float64, device=r.device)
+        out.index_add_(0, torch.bucketize(r[select], bounds, right=right), values[select])
+        return out
+
     def below_and_total(values: torch.Tensor, bounds: torch.Tensor, right: bool, select: torch.Tensor):
         """(per bound: the sum of the selected tokens' values whose r is below it; their total)."""
-        per_bin = torch.zeros(len(bounds) + 1, dtype=torch.float64, device=r.device)
-        per_bin.index_add_(0, torch.bucketize(r[select], bounds, right=right), values[select])
-        return torch.cumsum(per_bin, 0)[:-1], per_bin.sum()
+        bins = per_bin(values, bounds, right, select)
+        return torch.cumsum(bins, 0)[:-1], bins.sum()
+
+    def at_or_above(values: torch.Tensor, bounds: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+        """Per bound: the sum of the selected tokens' values whose r is >= it (a sum of non-negative terms, so
+        never below 0 in floating point, unlike total minus the part below)."""
+        bins = per_bin(values, bounds, True, select)
+        return torch.flip(torch.cumsum(torch.flip(bins, [0]), 0), [0])[1:]
 
     # positive tokens with r <= c_high (right=False: bin = number of bounds < r)
     pos_wa_r, _ = below_and_total(wa * r, highs, False, pos)
     pos_wa, pos_wa_total = below_and_total(wa, highs, False, pos)
     # negative tokens with r < c_low (right=True: bin = number of bounds <= r)
     neg_wa_r, neg_wa_r_total = below_and_total(wa * r, lows, True, neg)
-    neg_wa, neg_wa_total = below_and_total(wa, lows, True, neg)
+    neg_wa, _ = below_and_total(wa, lows, True, neg)
 
     p_high = pos_wa_r + highs * (pos_wa_total - pos_wa)  # P(c_high)
     n_low = (neg_wa_r_total - neg_wa_r) + lows * neg_wa  # N(c_low)
-    g_pos, g_neg = pos_wa, neg_wa_total - neg_wa  # G+(c_high), G-(c_low)
+    g_pos, g_neg = pos_wa, at_or_above(wa, lows, neg)  # G+(c_high), G-(c_low)
 
     hi = {c: i for i, c in enumerate(highs.tolist())}
     lo = {c: i for i, c in enumerate(lows.tolist())}
@@ -95,15 +106,25 @@ def contribution_sums(
     return torch.stack([numerator, denominator], dim=1)
 
 
+def rho_pos(sums: torch.Tensor) -> torch.Tensor:
+    """rho_pos at every point of the path from :func:`contribution_sums`' (numerator, denominator).
+
+    A zero denominator means no token contributes anything: rho_pos is then 1 when the numerator is 0 too (always
+    so under ``grad_mass`` and ``abs_sum``, whose numerator is part of the denominator), else inf (``literal``).
+    """
+    numerator, denominator = sums[:, 0].abs(), sums[:, 1].abs()
+    empty = torch.where(numerator > 0, torch.full_like(numerator, math.inf), torch.ones_like(numerator))
+    return torch.where(denominator > 0, numerator / denominator.clamp(min=1e-300), empty)
+
+
 def select_bounds(sums: torch.Tensor, path: list[tuple[float, float]], rho0: float) -> BapoBounds:
     """Algorithm 1's stopping rule on (globally summed) contributions: the first point with rho_pos >= rho_0."""
-    numerator, denominator = sums[:, 0].abs(), sums[:, 1].abs()
-    # a zero denominator counts as a satisfied target (rho_pos = inf)
-    rho_pos = torch.where(denominator > 0, numerator / denominator.clamp(min=1e-300), torch.full_like(numerator, math.inf))
-    reached = torch.nonzero(rho_pos >= rho0)
+    rho = rho_pos(sums)
+    # a zero denominator counts as a satisfied target
+    reached = torch.nonzero((rho >= rho0) | (sums[:, 1] == 0))
     k = int(reached[0]) if len(reached) else len(path) - 1
     c_low, c_high = path[k]
-    return BapoBounds(c_low=c_low, c_high=c_high, rho_pos=float(rho_pos[k]), steps=k)
+    return BapoBounds(c_low=c_low, c_high=c_high, rho_pos=float(rho[k]), steps=k)
 
 
 def search_bounds(

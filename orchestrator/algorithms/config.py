@@ -31,7 +31,7 @@ class MaspoPolicyLossConfig(PolicyLossConfig):
     bapo_c_high_max: float = 3.0
     bapo_delta_high: float = 0.05
     bapo_delta_low: float = 0.02
-    bapo_reading: str = "literal"
+    bapo_reading: str = "grad_mass"
     # Entropy Advantage (Cheng et al. 2025)
     entropy_adv_alpha: float = 0.4
     entropy_adv_kappa: float = 2.0

@@ -113,8 +113,8 @@ class BapoParams(Hyperparameters):
     c_high_max: float = Field(3.0, gt=1.0, description="b+")
     delta_high: float = Field(0.05, gt=0.0, description="delta1, step of c_high")
     delta_low: float = Field(0.02, gt=0.0, description="delta2, step of c_low")
-    reading: Literal["literal", "abs_sum", "grad_mass"] = Field(
-        "literal", description="how Eq. 8 is read (docs/algorithms.md#bapo-readings)"
+    reading: Literal["grad_mass", "literal", "abs_sum"] = Field(
+        "grad_mass", description="how Eq. 8 is read (docs/algorithms.md#bapo-readings, #decision-bapo)"
     )
 
     @model_validator(mode="after")

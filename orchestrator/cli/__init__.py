@@ -241,14 +241,25 @@ def _print_dry_run(plan, lines) -> None:
                       f"not measured: docs/orchestration.md#cost)")
 
 
-def _print_results(exp_dir: Path, passk: bool = False) -> None:
-    from orchestrator.results import collect, passk_table, table, trials_table
+def _print_results(exp_dir: Path, passk: bool = False, *, at: str = "last", estimator: Optional[str] = None,
+                   gain: bool = False, plot: Optional[Path] = None):
+    from orchestrator.results import collect, gain_table, passk_table, table, trials_table
 
-    results = collect(exp_dir)
+    with user_errors():
+        results = collect(exp_dir, at=at, estimator=estimator)
     console.print(table(results, paper=True))
     console.print(trials_table(results))
     if passk:
         console.print(passk_table(results))
+    if gain:
+        with user_errors():
+            console.print(gain_table(results))
+    if plot is not None:
+        from orchestrator.plots import write_figures
+
+        for path in write_figures(results, plot).values():
+            console.print(f"figure: {path}")
+    return results
 
 
 def _experiment_options(spec, *, name, profile, scale, seeds, steps, max_concurrent, scheduler, demo, grid="listed",
@@ -360,16 +371,25 @@ def results_command(
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write the table as CSV here."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write rows and per-trial results as JSON here."),
     root: Path = typer.Option(Path("runs"), help="Where experiments live."),
+    estimator: Optional[str] = typer.Option(
+        None, help="Pass@k of the main table: `bootstrap` (verl's best@k, the paper's) or `unbiased`. Default: "
+                   "bootstrap beside the paper's rows (a100 at a paper scale), unbiased otherwise."),
+    at: str = typer.Option("last", help="Which validation: `last` (default), `best` (per row, the step with the "
+                                        "best Avg@k averaged over benchmarks and seeds) or a step number."),
+    gain: bool = typer.Option(False, "--gain", help="Also MASPO's gain over GRPO (Table 2), the paper's beside."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write Figure 3's training dynamics and Pass@k "
+                                                             "against k as PNG files into this directory."),
 ) -> None:
-    """The experiment's final validation in the layout of the paper's Table 1, best in bold; trials' GPU-hours."""
-    from orchestrator.results import collect, to_csv, to_json
+    """The experiment's validation in the layout of the paper's Table 1, best in bold, second underlined."""
+    from orchestrator.results import ESTIMATORS, to_csv, to_json
     from orchestrator.store import ExperimentDir
 
     with user_errors():
         exp_dir = ExperimentDir.named(name, root).path
         ExperimentDir(exp_dir).plan()
-    _print_results(exp_dir, passk=passk)
-    results = collect(exp_dir)
+        if estimator is not None:
+            _check_choice("--estimator", estimator, ESTIMATORS)
+    results = _print_results(exp_dir, passk=passk, at=at, estimator=estimator, gain=gain, plot=plot)
     if csv_out:
         csv_out.write_text(to_csv(results))
         console.print(f"CSV: {csv_out}")
@@ -432,7 +452,8 @@ def demo_command(
             console.print(f"{exp_dir} exists, unfinished: resuming it")
             resume_command(name=name, address=None, root=root)
         console.print(f"{exp_dir} is done: its results (delete the directory to run the demo again)")
-        results_command(name=name, passk=False, csv_out=None, json_out=None, root=root)
+        results_command(name=name, passk=False, csv_out=None, json_out=None, root=root, estimator=None, at="last",
+                        gain=False, plot=None)
         return
     sweep_command(spec="alpha-beta", grid="listed", profile="local", scale=None, seeds=1, steps=None,
                   max_concurrent=max_concurrent, scheduler="fifo", name=name, dry_run=False, resume=False,

@@ -14,8 +14,16 @@ registered policy loss. Two baselines need what that call does not pass:
    bound path, all-reduces them across data-parallel ranks, and fixes the chosen bounds for every
    micro-batch of the update. Cost: one extra forward per mini-batch, for BAPO only.
 
-Both wrappers are pass-through for every other loss. ``install`` is idempotent; the ``train_batch`` patch is
-applied when ``verl.workers.engine_workers`` is first imported (a heavy module the driver never needs).
+Both wrappers are pass-through for every other loss. They are installed by the patch manifest
+(``orchestrator.verl_bridge.patches``: ``entropy_adv_entropy``, ``entropy_adv_entropy_engine_workers``,
+``bapo_minibatch_bounds``; see docs/patches.md); the ``engine_workers`` ones when that module is first imported
+(a heavy module the driver never needs).
+
+The BAPO hook reads the actor's loss configuration from ``TrainingWorker.loss_fn``, which verl 0.9.1 builds as
+``functools.partial(ppo_loss, config=actor_config)``. If verl stops doing so, the hook cannot tell BAPO's loss
+mode, and BAPO would fall back to per-micro-batch bounds without a word: so the manifest checks that contract
+when it installs the hook (``loss_fn_contract``), and the hook raises ``PatchTargetError`` when a worker's
+``loss_fn`` does not carry the config.
 """
 
 from __future__ import annotations
@@ -26,23 +34,21 @@ import torch
 
 from orchestrator.algorithms import bapo
 from orchestrator.algorithms.context import BapoBounds, bapo_bounds, token_entropy
-from orchestrator.verl_bridge.patching import after_import
+from orchestrator.verl_bridge.patching import wrapper_factory
 
 _HOOKED = "_maspo_hooked"
+LOSS_FN_CONTRACT = "partial(ppo_loss, config="  # how verl 0.9.1's ActorRolloutRefWorker.init_model builds loss_fn
 
 
 def _loss_mode(config) -> str:
     return config.policy_loss.get("loss_mode", "vanilla")
 
 
+@wrapper_factory(_HOOKED)
 def wrap_ppo_loss(ppo_loss):
     """verl's ``ppo_loss`` plus the current policy's per-token entropy for ``entropy_adv``."""
-    if getattr(ppo_loss, _HOOKED, False):
-        return ppo_loss
-
     from verl.workers.utils.padding import no_padding_2_padding
 
-    @functools.wraps(ppo_loss)
     def hooked_ppo_loss(config, model_output, data, dp_group=None):
         if _loss_mode(config) != "entropy_adv":
             return ppo_loss(config, model_output, data, dp_group)
@@ -52,7 +58,6 @@ def wrap_ppo_loss(ppo_loss):
         with token_entropy(no_padding_2_padding(entropy.detach(), data)):
             return ppo_loss(config, model_output, data, dp_group)
 
-    setattr(hooked_ppo_loss, _HOOKED, True)
     return hooked_ppo_loss
 
 
@@ -96,31 +101,49 @@ def search_bapo_bounds_over_mini_batch(worker, data, config) -> BapoBounds:
     return bapo.select_bounds(sums, path, pl.bapo_rho0)
 
 
+def actor_loss_config(worker):
+    """The actor config in the worker's ``loss_fn`` (``partial(ppo_loss, config=...)``); None without a loss_fn.
+
+    Raises ``PatchTargetError`` when the loss function does not carry it: BAPO could not be told apart.
+    """
+    loss_fn = getattr(worker, "loss_fn", None)
+    if loss_fn is None:
+        return None  # verl's own train_batch asserts on this
+    keywords = getattr(loss_fn, "keywords", None)
+    if not isinstance(keywords, dict) or "config" not in keywords:
+        from orchestrator.verl_bridge.patches import PatchTargetError
+
+        raise PatchTargetError(
+            f"patch 'bapo_minibatch_bounds': TrainingWorker.loss_fn is {loss_fn!r}, not functools.partial("
+            f"<loss>, config=<actor config>) as in verl 0.9.1; without its config BAPO's bounds would silently "
+            f"be searched per micro-batch (see docs/patches.md#bapo_minibatch_bounds)")
+    return keywords["config"]
+
+
+@wrapper_factory(_HOOKED)  # keeps verl's dispatch attributes (functools.update_wrapper)
 def wrap_train_batch(train_batch):
     """``TrainingWorker.train_batch`` that fixes BAPO's bounds for the mini-batch before updating on it."""
-    if getattr(train_batch, _HOOKED, False):
-        return train_batch
 
-    @functools.wraps(train_batch)  # keeps verl's dispatch attributes
     def hooked_train_batch(self, data):
-        config = getattr(self.loss_fn, "keywords", {}).get("config")
+        config = actor_loss_config(self)
         if config is None or _loss_mode(config) != "bapo":
             return train_batch(self, data)
         with bapo_bounds(search_bapo_bounds_over_mini_batch(self, data, config)):
             return train_batch(self, data)
 
-    setattr(hooked_train_batch, _HOOKED, True)
     return hooked_train_batch
 
 
-def _patch_engine_workers(module) -> None:
-    module.ppo_loss = wrap_ppo_loss(module.ppo_loss)
-    module.TrainingWorker.train_batch = wrap_train_batch(module.TrainingWorker.train_batch)
+def loss_fn_contract(engine_workers) -> str | None:
+    """Install-time check of what ``hooked_train_batch`` reads: verl builds the actor's ``loss_fn`` as
+    ``functools.partial(ppo_loss, config=...)`` (``ActorRolloutRefWorker.init_model``)."""
+    import inspect
 
-
-def install() -> None:
-    """Hook verl's actor loss path (idempotent; inert for losses other than entropy_adv and bapo)."""
-    import verl.workers.utils.losses as verl_losses
-
-    verl_losses.ppo_loss = wrap_ppo_loss(verl_losses.ppo_loss)
-    after_import("verl.workers.engine_workers", _patch_engine_workers)
+    try:
+        source = inspect.getsource(engine_workers.ActorRolloutRefWorker.init_model)
+    except (AttributeError, OSError, TypeError) as err:
+        return f"cannot read ActorRolloutRefWorker.init_model ({err})"
+    if getattr(engine_workers, "partial", None) is not functools.partial or LOSS_FN_CONTRACT not in source:
+        return (f"ActorRolloutRefWorker.init_model no longer sets loss_fn = {LOSS_FN_CONTRACT}...), the "
+                f"config the BAPO hook reads")
+    return None

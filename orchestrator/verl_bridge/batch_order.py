@@ -7,8 +7,10 @@ loop's requests *completed*; the uids are random (``uuid4``) and the prompt sele
 (``_select_prompt_uids``) sorts a ``set`` of them. So two runs with one seed train on the same samples in
 another order: other mini-batches, other ``actor/pg_loss`` and ``actor/grad_norm`` from the first update on.
 
-``install()`` (called by the plugin in every verl process; it takes effect where the replay buffer lives, the
-task runner) patches ``ReplayBuffer`` so that
+The patch manifest (``orchestrator.verl_bridge.patches``, patches ``batch_order_prompts`` and
+``batch_order_trajectories``, see docs/patches.md) installs the order in every verl process, when
+``verl.trainer.ppo.v1.replay_buffer`` is imported (it takes effect where the replay buffer lives, the task
+runner): ``ReplayBuffer`` is patched so that
 
 - the prompts of a batch are taken, and listed, in the order they were *submitted* (the order of the prompt
   keys in TransferQueue's listing, which is insertion order: the dataloader's order, seeded by
@@ -19,22 +21,22 @@ The batch's content is unchanged: the same trajectories, the same number, only t
 every trainer mode and backend, so the patch is always on. What a session *contains* is made deterministic
 by the rollout backend (``hf_rollout`` samples session ``s`` of a prompt from its own seeded stream).
 
-The second patch only applies on the CPU platform (``VERL_PLATFORM=cpu``, the local profile) or when
-``MASPO_REPLAY_POLL_S`` is set: verl polls TransferQueue every 2 s (hard-coded ``poll_interval``) while it waits
-for a batch, which on the local profile costs about 1 s per training step and per validation. There it polls
-every ``MASPO_REPLAY_POLL_S`` seconds (default 0.1; a listing of the few hundred keys of a local run takes
-milliseconds). On a cluster nothing changes unless the variable is set.
+The second patch (``replay_buffer_poll``) is only installed on the CPU platform (``VERL_PLATFORM=cpu``, the
+local profile) or when ``MASPO_REPLAY_POLL_S`` is set: verl polls TransferQueue every 2 s (hard-coded
+``poll_interval``) while it waits for a batch, which on the local profile costs about 1 s per training step and
+per validation. There it polls every ``MASPO_REPLAY_POLL_S`` seconds (default 0.1; a listing of the few
+hundred keys of a local run takes milliseconds). On a cluster nothing changes unless the variable is set.
 
-``install()`` also installs ``val_bootstrap`` (verl's validation bootstrap, vectorized: the same numbers, about
+The manifest also installs ``val_bootstrap`` (verl's validation bootstrap, vectorized: the same numbers, about
 20x less CPU), the other per-batch bookkeeping of the v1 trainer that the local profile waits for.
 """
 
 from __future__ import annotations
 
-import functools
+import inspect
 import os
 
-from orchestrator.verl_bridge.patching import after_import
+from orchestrator.verl_bridge.patching import wrapper_factory
 
 REPLAY_BUFFER_MODULE = "verl.trainer.ppo.v1.replay_buffer"
 POLL_ENV = "MASPO_REPLAY_POLL_S"
@@ -76,26 +78,19 @@ def in_submission_order(uids, submitted) -> list[str]:
     return sorted(uids, key=rank.__getitem__)
 
 
+@wrapper_factory(_HOOKED)
 def wrap_select_prompt_uids(original):
-    if getattr(original, _HOOKED, False):
-        return original
-
-    @functools.wraps(original)
     def _select_prompt_uids(self, partition_id, sampleable_keys, batch_size):
         # verl sorts the keys by staleness with Python's stable sort: given them in submission order (the order
         # of the kv listing) instead of a set's, its ties keep that order
         submitted = self.prompt_global_steps[partition_id]
         return original(self, partition_id, in_submission_order(sampleable_keys, submitted), batch_size)
 
-    setattr(_select_prompt_uids, _HOOKED, True)
     return _select_prompt_uids
 
 
+@wrapper_factory(_HOOKED)
 def wrap_materialize_batch(original):
-    if getattr(original, _HOOKED, False):
-        return original
-
-    @functools.wraps(original)
     def _materialize_batch(self, partition_id, selected_prompt_uids, partition_snapshot):
         submitted = self.prompt_global_steps.get(partition_id, {})  # kv_list order: submission order
         if not all(uid in submitted for uid in selected_prompt_uids):  # e.g. a custom sampler's own selection
@@ -103,7 +98,6 @@ def wrap_materialize_batch(original):
         keys, tags = order_trajectories(list(partition_snapshot), list(partition_snapshot.values()), submitted)
         return original(self, partition_id, selected_prompt_uids, dict(zip(keys, tags)))
 
-    setattr(_materialize_batch, _HOOKED, True)
     return _materialize_batch
 
 
@@ -117,30 +111,19 @@ def poll_interval() -> float | None:
     return None
 
 
+@wrapper_factory(_HOOKED)
 def wrap_init(original):
-    if getattr(original, _HOOKED, False):
-        return original
-
-    @functools.wraps(original)
     def __init__(self, *args, **kwargs):
         original(self, *args, **kwargs)
         interval = poll_interval()
         if interval is not None:
             self.poll_interval = interval
 
-    setattr(__init__, _HOOKED, True)
     return __init__
 
 
-def _patch(module) -> None:
-    cls = module.ReplayBuffer  # ReplayBufferAsync inherits all three
-    cls._select_prompt_uids = wrap_select_prompt_uids(cls._select_prompt_uids)
-    cls._materialize_batch = wrap_materialize_batch(cls._materialize_batch)
-    cls.__init__ = wrap_init(cls.__init__)
-
-
-def install() -> None:
-    from orchestrator.verl_bridge import val_bootstrap
-
-    after_import(REPLAY_BUFFER_MODULE, _patch)
-    val_bootstrap.install()
+def poll_contract(replay_buffer) -> str | None:
+    """What ``wrap_init`` overrides must exist: the buffer's ``poll_interval`` (a constructor argument in 0.9.1)."""
+    if "poll_interval" not in inspect.signature(replay_buffer.ReplayBuffer.__init__).parameters:
+        return "ReplayBuffer.__init__ has no poll_interval argument any more (the attribute this patch sets)"
+    return None

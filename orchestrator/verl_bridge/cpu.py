@@ -1,8 +1,9 @@
 """A CPU platform for verl 0.9.1, inert unless ``VERL_PLATFORM=cpu`` (the local profile).
 
 Stock verl has no CPU platform: auto-detection falls back to "nvidia" and worker init dies in
-``init_device_mesh('cuda')``. ``activate_if_requested()`` (called by ``plugin`` at ``import verl``, in every
-verl process) adds the three things a CPU run of verl's FSDP2 engine needs:
+``init_device_mesh('cuda')``. The patch manifest (``orchestrator.verl_bridge.patches``: ``cpu_platform`` and
+``cpu_gloo_backend``, installed by ``plugin`` at ``import verl`` in every verl process of the local profile; see
+docs/patches.md) adds the three things a CPU run of verl's FSDP2 engine needs:
 
 1. a ``"cpu"`` entry in verl's ``PlatformRegistry``: device "cpu", backend "gloo", and a device module
    (``torch.cpu`` plus the ``torch.cuda``-style calls verl makes: memory statistics that read 0,
@@ -18,23 +19,28 @@ What a CPU run still needs from its config: ``strategy=fsdp2`` (FSDP1 wants GPU 
 default, flash_attention_2, is not installed). Ray launches additionally need a fake "GPU" resource,
 because this platform reports its Ray resource as "GPU" (docs/verl-on-cpu.md#fake-gpu).
 
-Idempotent; with ``VERL_PLATFORM`` unset or anything but "cpu" it changes nothing.
+Idempotent; with ``VERL_PLATFORM`` unset or anything but "cpu" (the a100 profile) none of it is installed.
+``activate_if_requested()`` installs every local-profile patch of the manifest (these two, the hf rollout and
+the early start) in a process that did not get them from the plugin.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 from contextlib import contextmanager
 
 import torch
+
+from orchestrator.verl_bridge.patching import wrapper_factory
 
 PLATFORM = "cpu"
 _PATCHED = "_maspo_cpu_gloo"
 
 
 def requested() -> bool:
-    return os.environ.get("VERL_PLATFORM", "").strip().lower() == PLATFORM
+    from orchestrator.verl_bridge.patches import local_profile
+
+    return local_profile()
 
 
 class CPUDeviceModule:
@@ -178,38 +184,39 @@ def gloo_backend(backend):
     return backend
 
 
-def _patch_init_process_group() -> None:
-    import torch.distributed as dist
+@wrapper_factory(_PATCHED)
+def wrap_init_process_group(original):
+    """``torch.distributed.init_process_group`` that passes ``"gloo"`` for verl's ``"cpu:gloo,cpu:gloo"``."""
 
-    original = dist.init_process_group
-    if getattr(original, _PATCHED, False):
-        return
-
-    @functools.wraps(original)
     def init_process_group(backend=None, *args, **kwargs):
         return original(gloo_backend(backend), *args, **kwargs)
 
-    setattr(init_process_group, _PATCHED, True)
-    dist.init_process_group = init_process_group
+    return init_process_group
 
 
-def activate_if_requested() -> bool:
-    """Install the CPU platform when ``VERL_PLATFORM=cpu``; returns whether it is active. Idempotent."""
-    if not requested():
-        return False
-    from verl.plugin.platform import platform_manager as pm
+def register_platform(platform_manager) -> None:
+    """The "cpu" platform in verl's ``PlatformRegistry``, made current; ``VERL_ENGINE_DEVICE=cuda`` by default.
 
+    Idempotent. Called by the manifest (patch ``cpu_platform``) with ``verl.plugin.platform.platform_manager``.
+    """
+    pm = platform_manager
     os.environ.setdefault("VERL_ENGINE_DEVICE", "cuda")
     registered = pm.PlatformRegistry.get(PLATFORM)
     if registered is None or registered.__module__ != __name__:
         registered = pm.PlatformRegistry.register(platform=PLATFORM)(_platform_class())
     if pm._current_platform is not None and not isinstance(pm._current_platform, registered):
         pm.set_platform(registered())  # something resolved the platform before this plugin loaded
-    _patch_init_process_group()
-    from orchestrator.verl_bridge import hf_rollout  # after the platform: verl modules read the device at import
 
-    hf_rollout.register()  # rollout.name=hf, the CPU rollout backend
-    from orchestrator.verl_bridge import early_start
 
-    early_start.install()  # the rollout server and reward workers start while the task runner sets up
+def activate_if_requested() -> bool:
+    """Install the local profile's patches when ``VERL_PLATFORM=cpu``; returns whether it is active. Idempotent.
+
+    The plugin does this at ``import verl``; a process that imported verl before setting ``VERL_PLATFORM`` (a test
+    harness) calls it itself.
+    """
+    if not requested():
+        return False
+    from orchestrator.verl_bridge import patches
+
+    patches.install_all(patches.Condition.LOCAL_PROFILE)
     return True

@@ -14,16 +14,16 @@ first call into TransferQueue (``transfer_queue.init(config.transfer_queue)``, w
 - the reward-loop workers: a ``RewardLoopManager`` built now, which verl's trainer gets when its set-up asks for
   one (step 7 of ``PPOTrainer._setup``), instead of building a second one (its workers are named actors).
 
-Only for the local profile (installed by ``cpu.activate_if_requested``) and only for what the defaults run: a
-single-replica hf rollout, rule-based rewards (no reward model). Anything else goes verl's own way.
+Only for the local profile (the patch manifest's ``early_start_servers`` and ``early_start_reward_workers``, see
+docs/patches.md) and only for what the defaults run: a single-replica hf rollout, rule-based rewards (no reward
+model). Anything else goes verl's own way.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
-from orchestrator.verl_bridge.patching import after_import
+from orchestrator.verl_bridge.patching import wrapper_factory
 
 TRAINER_MODULE = "verl.trainer.ppo.v1.trainer_base"
 _HOOKED = "_maspo_early_start"
@@ -52,26 +52,22 @@ def start_early(config) -> None:
         print(f"[maspo] started early, while the task runner sets up: {' and '.join(started)}", flush=True)
 
 
+@wrapper_factory(_HOOKED)
 def wrap_tq_init(original):
     """``transfer_queue.init(conf)`` that first starts the run's slow actors (see the module docstring)."""
-    if getattr(original, _HOOKED, False):
-        return original
 
-    @functools.wraps(original)
     def init(conf=None, *args, **kwargs):
         config = trainer_config_of(conf)
         if config is not None:
             start_early(config)
         return original(conf, *args, **kwargs)
 
-    setattr(init, _HOOKED, True)
     return init
 
 
+@wrapper_factory(_HOOKED, metadata=False)  # a function standing in for a class: only __wrapped__
 def adopting_reward_loop_manager(manager_class):
     """verl's ``RewardLoopManager`` as the trainer calls it: the early one when there is one (no reward model)."""
-    if getattr(manager_class, _HOOKED, False):
-        return manager_class
 
     def make(config, rm_resource_pool=None):
         early = _early.pop("reward_loop_manager", None)
@@ -79,18 +75,4 @@ def adopting_reward_loop_manager(manager_class):
             return early
         return manager_class(config=config, rm_resource_pool=rm_resource_pool)
 
-    setattr(make, _HOOKED, True)
     return make
-
-
-def _patch_tq(module) -> None:
-    module.init = wrap_tq_init(module.init)
-
-
-def _patch_trainer(module) -> None:
-    module.RewardLoopManager = adopting_reward_loop_manager(module.RewardLoopManager)
-
-
-def install() -> None:
-    after_import("transfer_queue", _patch_tq)  # the task runner calls ``tq.init``, the package's name
-    after_import(TRAINER_MODULE, _patch_trainer)

@@ -1,8 +1,8 @@
 """A Hugging Face ``transformers`` rollout backend for verl 0.9.1 on CPU: ``actor_rollout_ref.rollout.name=hf``.
 
 verl's trainer only generates through an inference *server* (vLLM, SGLang, TensorRT-LLM), none of which runs
-on a CPU-only machine. This module plugs a small one into verl's two rollout registries (``register()``, called
-by ``cpu.activate_if_requested()`` in every verl process of a ``VERL_PLATFORM=cpu`` run):
+on a CPU-only machine. This module plugs a small one into verl's two rollout registries (the patch manifest's
+``hf_rollout_*`` patches, installed in every verl process of a ``VERL_PLATFORM=cpu`` run, see docs/patches.md):
 
 - ``RolloutReplicaRegistry["hf"]`` -> ``HFReplica``: launched by the trainer's ``LLMServerManager``; starts one
   ``HFRolloutServer`` Ray actor per replica (named ``hf_server_<replica_rank>``), on the node of its trainer worker,
@@ -21,7 +21,7 @@ The server (``HFRolloutServer``):
   ``torch.Generator``, seeded (``request_seed``) from the run's seed (``rollout.seed``, or a ``seed`` in the
   sampling params), the weight version, the replica, the prompt ids, the request's *sample key* and its
   occurrence index (the k-th request with these prompt ids and sample key since the weights last changed gets
-  index k). The sample key names the session: the agent loop hook (``register()`` installs it in the agent-loop
+  index k). The sample key names the session: the agent loop hook (``hf_rollout_sample_key``, in the agent-loop
   worker) puts ``"<train|val>|<data_source>|<dataset index>|<session_id>"`` into the sampling params
   (``SAMPLE_KEY``), so session s of a prompt gets the same sample in every run, whichever request arrives first
   and whichever batch it lands in (up to the last bits of its log-probs: the batch's shape changes the
@@ -62,7 +62,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.verl_bridge.patching import after_import
+from orchestrator.verl_bridge.patching import wrapper_factory
 
 NAME = "hf"
 SAMPLE_KEY = "maspo_sample_key"  # in the sampling params: which session of which prompt a request is
@@ -75,19 +75,18 @@ _DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp
            "float32": "float32", "fp32": "float32", "float": "float32"}
 
 
-def register() -> None:
-    """Add the "hf" rollout to verl's replica and server-adapter registries, and the agent loop's sample keys
-    (idempotent)."""
-    after_import("verl.workers.rollout.base", _register_adapter)  # when verl imports them, not before:
-    after_import("verl.workers.rollout.replica", _register_replica)  # a process that never rolls out saves ~1 s
-    after_import(AGENT_LOOP_MODULE, _patch_agent_loop)
+# The three registrations are the manifest's hf_rollout_adapter, hf_rollout_replica and hf_rollout_sample_key
+# (orchestrator.verl_bridge.patches): each when verl imports its module, not before (a process that never
+# rolls out saves ~1 s).
 
 
-def _register_adapter(base) -> None:
+def register_adapter(base) -> None:
+    """``rollout.name=hf`` -> ``HFServerAdapter`` in verl's ``_ROLLOUT_REGISTRY`` (idempotent)."""
     base._ROLLOUT_REGISTRY[(NAME, "async")] = f"{__name__}.HFServerAdapter"
 
 
-def _register_replica(replica) -> None:
+def register_replica(replica) -> None:
+    """``rollout.name=hf`` -> ``HFReplica`` in verl's ``RolloutReplicaRegistry`` (idempotent)."""
     replica.RolloutReplicaRegistry.register(NAME, lambda: _verl_classes()["HFReplica"])
 
 
@@ -99,24 +98,16 @@ def sample_key(trajectory: dict, kwargs: dict) -> str:
     return f"{'val' if validate else 'train'}|{kwargs.get('data_source', '')}|{index}|{session}"
 
 
+@wrapper_factory(_HOOKED)
 def wrap_run_agent_loop(original):
     """``AgentLoopWorker._run_agent_loop`` with the session's sample key in the sampling params (rollout hf only)."""
-    if getattr(original, _HOOKED, False):
-        return original
 
-    @functools.wraps(original)
     async def _run_agent_loop(self, sampling_params, trajectory, *args, **kwargs):
         if getattr(self.rollout_config, "name", None) == NAME:
             sampling_params = {**sampling_params, SAMPLE_KEY: sample_key(trajectory, kwargs)}
         return await original(self, sampling_params, trajectory, *args, **kwargs)
 
-    setattr(_run_agent_loop, _HOOKED, True)
     return _run_agent_loop
-
-
-def _patch_agent_loop(module) -> None:
-    cls = module.AgentLoopWorker
-    cls._run_agent_loop = wrap_run_agent_loop(cls._run_agent_loop)
 
 
 def server_name(replica_rank: int, suffix: str = "") -> str:

@@ -8,16 +8,20 @@ local profile with two concurrent trials; a 30-trial sweep on the A100 cluster w
 
 The fix: the namespace becomes ``transfer_queue-<ray job id>``. Every process of a verl job (driver, task
 runner, workers: actors inherit their creator's job id) computes the same name, and distinct jobs distinct
-names. ``MASPO_TQ_NAMESPACE`` overrides it. Applied from the plugin in every verl process.
+names. ``MASPO_TQ_NAMESPACE`` overrides it. Installed by the patch manifest in every verl process (patches
+``tq_namespace_*``, see docs/patches.md#tq_namespace_controller): each of the four targets (the ``ray`` module
+and the actor class, in TransferQueue's ``interface`` and in its Ray storage client) must exist, or the install
+fails; none is skipped.
 """
 
 from __future__ import annotations
 
 import os
 
-from orchestrator.verl_bridge.patching import after_import
+from orchestrator.verl_bridge.patching import wrapper_factory
 
 DEFAULT_NAMESPACE = "transfer_queue"
+_HOOKED = "_maspo_tq_namespace"
 
 
 def job_namespace() -> str:
@@ -64,15 +68,13 @@ class _ActorClassProxy:
         return getattr(self._actor_class, name)
 
 
-def _patch(module, class_names: tuple[str, ...]) -> None:
-    if isinstance(getattr(module, "ray", None), _RayProxy):
-        return
-    module.ray = _RayProxy(module.ray)
-    for name in class_names:
-        if hasattr(module, name):
-            setattr(module, name, _ActorClassProxy(getattr(module, name)))
+@wrapper_factory(_HOOKED, metadata=False)  # proxies, not functions: only __wrapped__
+def proxy_ray(ray_module):
+    """The ``ray`` name in a TransferQueue module -> ``_RayProxy``."""
+    return _RayProxy(ray_module)
 
 
-def install() -> None:
-    after_import("transfer_queue.interface", lambda m: _patch(m, ("TransferQueueController",)))
-    after_import("transfer_queue.storage.clients.ray_storage_client", lambda m: _patch(m, ("RayObjectRefStorage",)))
+@wrapper_factory(_HOOKED, metadata=False)
+def proxy_actor_class(actor_class):
+    """A TransferQueue actor class -> ``_ActorClassProxy``."""
+    return _ActorClassProxy(actor_class)

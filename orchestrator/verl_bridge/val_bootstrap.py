@@ -12,15 +12,19 @@ the mean and standard deviation of the same 1000 values in the same order, so th
 ``calc_maj_val``'s choice is reproduced exactly: the most frequent vote, ties going to the vote that appears
 first in the resample, and the value of that vote's first occurrence. Any other reduce function (or data that
 is not numeric) goes to verl's own ``bootstrap_metric``.
+
+Installed by the patch manifest (``orchestrator.verl_bridge.patches``, patch ``fast_validation_bootstrap``, see
+docs/patches.md#fast_validation_bootstrap) when ``verl.trainer.ppo.metric_utils`` is imported.
 """
 
 from __future__ import annotations
 
 import functools
+import sys
 
 import numpy as np
 
-from orchestrator.verl_bridge.patching import after_import
+from orchestrator.verl_bridge.patching import wrapper_factory
 
 METRIC_UTILS = "verl.trainer.ppo.metric_utils"
 _HOOKED = "_maspo_fast_bootstrap"
@@ -47,12 +51,10 @@ def _kind(fn, maj_fn) -> str | None:
     return None
 
 
+@wrapper_factory(_HOOKED)
 def make_fast_bootstrap_metric(original, maj_fn):
     """A drop-in for verl's ``bootstrap_metric(data, subset_size, reduce_fns, n_bootstrap, seed)``."""
-    if getattr(original, _HOOKED, False):
-        return original
 
-    @functools.wraps(original)
     def bootstrap_metric(data, subset_size, reduce_fns, n_bootstrap=1000, seed=42):
         kinds = [_kind(fn, maj_fn) for fn in reduce_fns]
         if not data or None in kinds or ("maj" in kinds and len(kinds) > 1):
@@ -87,13 +89,12 @@ def make_fast_bootstrap_metric(original, maj_fn):
             results.append((float(np.mean(row)), float(np.std(row))))
         return results
 
-    setattr(bootstrap_metric, _HOOKED, True)
     return bootstrap_metric
 
 
-def _patch(module) -> None:
-    module.bootstrap_metric = make_fast_bootstrap_metric(module.bootstrap_metric, module.calc_maj_val)
+def wrap_bootstrap_metric(original):
+    """The manifest's factory: ``make_fast_bootstrap_metric`` with verl's own ``calc_maj_val``."""
+    return make_fast_bootstrap_metric(original, sys.modules[METRIC_UTILS].calc_maj_val)
 
 
-def install() -> None:
-    after_import(METRIC_UTILS, _patch)
+wrap_bootstrap_metric.marker = _HOOKED  # it marks what it makes (through make_fast_bootstrap_metric)

@@ -14,6 +14,10 @@ The hook wraps ``Tracking.__init__``; when the wandb backend is on:
 - ``MASPO_TRIAL_JSON`` (the resolved trial) goes into the run config as ``maspo``.
 
 Without the wandb backend (or without ``MASPO_TRIAL_JSON``'s identity) nothing changes.
+
+Installed by the patch manifest (``orchestrator.verl_bridge.patches``, patch ``wandb_run_identity``, see
+docs/patches.md#wandb_run_identity) when ``verl.utils.tracking`` is imported. While verl's ``Tracking.__init__``
+runs, ``wandb.init`` itself is swapped for one that prefers ``WANDB_PROJECT``/``WANDB_NAME``, then restored.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import functools
 import json
 import os
 
-from orchestrator.verl_bridge.patching import after_import
+from orchestrator.verl_bridge.patching import wrapper_factory
 
 STEP_KEY = "training/global_step"
 STEP_PREFIXES = ("actor/", "critic/", "response_length/", "response/", "prompt_length/", "timing_s/",
@@ -81,11 +85,8 @@ def _identity_init(init):
     return wrapped
 
 
+@wrapper_factory(_HOOKED)
 def wrap_tracking_init(original):
-    if getattr(original, _HOOKED, False):
-        return original
-
-    @functools.wraps(original)
     def hooked(self, project_name, experiment_name, default_backend="console", config=None):
         backends = [default_backend] if isinstance(default_backend, str) else list(default_backend or [])
         if "wandb" not in backends and "tracking" not in backends:
@@ -106,13 +107,11 @@ def wrap_tracking_init(original):
                 wandb.config.update({"maspo": settings}, allow_val_change=True)
             self.logger["wandb"] = StepLogger(wandb)
 
-    setattr(hooked, _HOOKED, True)
     return hooked
 
 
-def _patch(module) -> None:
-    module.Tracking.__init__ = wrap_tracking_init(module.Tracking.__init__)
-
-
 def install() -> None:
-    after_import("verl.utils.tracking", _patch)
+    """Install this hook alone (the plugin installs it with all the others; see ``patches``)."""
+    from orchestrator.verl_bridge import patches
+
+    patches.install(patches.get("wandb_run_identity"))
