@@ -36,8 +36,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+# Every Ray process on 127.0.0.1 (before Ray is imported: Ray reads it once): without it a single-machine Ray
+# cluster advertises the machine's network address, and drivers connect through it.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 GIB = 2**30
+NODE_GIB = 0.35  # what a fake node's raylet and agents hold (PSS), measured
 # Table 5 (7B): Avg@32 averaged over the six benchmarks, per (alpha, beta); the stand-in's final values
 TABLE_5 = {(0.1, 0.03): 60.4, (0.3, 0.0): 60.9, (0.3, 0.03): 61.8, (0.3, 0.1): 60.7, (0.5, 0.0): 60.6,
            (0.5, 0.03): 62.0, (0.5, 0.1): 60.5, (0.8, 0.03): 61.4}
@@ -49,6 +53,29 @@ def available_bytes() -> int:
     return psutil.virtual_memory().available
 
 
+def tree_pss(kinds: bool = False):
+    """Memory (PSS: shared pages split between their users) of this process and every process under it, i.e.
+    of this benchmark's Ray cluster, its trials and their jobs, and nothing the machine's other users run.
+    With ``kinds``: bytes by process kind (raylet, agents, controllers, job supervisors, stand-in drivers...)."""
+    import psutil
+
+    me = psutil.Process()
+    total, by_kind = 0, {}
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            pss = proc.memory_full_info().pss
+            cmd = " ".join(proc.cmdline()[:3])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        total += pss
+        if kinds:
+            kind = next((k for k in ("ImplicitFunc", "JobSupervisor", "standin_job", "DashboardAgent", "raylet",
+                                     "gcs_server", "runtime_env", "dashboard.py", "log_monitor", "ray::IDLE")
+                         if k in cmd), "other")
+            by_kind[kind] = by_kind.get(kind, 0) + pss
+    return (total, by_kind) if kinds else total
+
+
 def start_cluster(nodes: int, reserve_per_trial: float, log) -> tuple[object, dict]:
     """Head (no slot, the dashboard) plus up to ``nodes`` GPU nodes, as many as memory allows."""
     from ray.cluster_utils import Cluster
@@ -56,28 +83,33 @@ def start_cluster(nodes: int, reserve_per_trial: float, log) -> tuple[object, di
     from orchestrator.cluster import free_ports
 
     dashboard, agent = free_ports(2)
-    before = available_bytes()
+    before = tree_pss()
     t0 = time.monotonic()
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 4, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dashboard,
-        "dashboard_agent_listen_port": agent, "node_ip_address": "127.0.0.1"})
-    head_bytes = before - available_bytes()
-    added, per_node = 0, []
-    for i in range(nodes):
-        # keep room for the trials this node will run (a controller, a job supervisor, a driver)
-        if available_bytes() < reserve_per_trial * GIB * (nodes - added + 1):
+        "dashboard_agent_listen_port": agent})
+    cluster.wait_for_nodes()
+    time.sleep(5)
+    head_bytes = tree_pss() - before
+    added, nodes_from = 0, tree_pss()
+    for _ in range(nodes):
+        # room for the nodes still to add and for the trials all of them will run (a controller, a job
+        # supervisor and a driver each), and a margin
+        if available_bytes() < ((nodes - added) * NODE_GIB + (added + 1) * reserve_per_trial + 1.5) * GIB:
             log(f"memory: stopping at {added} nodes ({available_bytes() / GIB:.1f} GiB available)")
             break
-        free = available_bytes()
-        cluster.add_node(num_cpus=1, num_gpus=8, resources={"verl_slot": 1}, node_ip_address="127.0.0.1")
-        per_node.append(free - available_bytes())
+        cluster.add_node(num_cpus=1, num_gpus=8, resources={"verl_slot": 1})
         added += 1
+        if added % 5 == 0:
+            cluster.wait_for_nodes()
+            time.sleep(3)
     cluster.wait_for_nodes()
+    time.sleep(10)
+    per_node = (tree_pss() - nodes_from) / max(1, added)
     info = {"nodes": added, "start_s": round(time.monotonic() - t0, 1), "head_mib": round(head_bytes / 2**20),
-            "per_node_mib": round(sorted(per_node)[len(per_node) // 2] / 2**20) if per_node else None,
-            "available_gib_after": round(available_bytes() / GIB, 1)}
-    log(f"cluster: head + {added} nodes in {info['start_s']} s; median {info['per_node_mib']} MiB per node; "
-        f"{info['available_gib_after']} GiB available")
+            "per_node_mib": round(per_node / 2**20), "available_gib_after": round(available_bytes() / GIB, 1)}
+    log(f"cluster: head ({info['head_mib']} MiB) + {added} nodes in {info['start_s']} s, {info['per_node_mib']} MiB "
+        f"per node (PSS of this benchmark's processes); {info['available_gib_after']} GiB available on the machine")
     return cluster, info
 
 
@@ -115,8 +147,10 @@ def run_plan(plan, address: str, out_dir: Path, nodes: int, poll_s: float, log, 
         stop = threading.Event()
 
         def watch():
-            while not stop.wait(10):
-                memory.append((time.monotonic() - t0_mono, available_bytes() / GIB))
+            while not stop.wait(15):
+                total, kinds = tree_pss(kinds=True)
+                memory.append((time.monotonic() - t0_mono, total / GIB, available_bytes() / GIB,
+                               {k: round(v / 2**20) for k, v in kinds.items()}))
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
@@ -131,7 +165,7 @@ def run_plan(plan, address: str, out_dir: Path, nodes: int, poll_s: float, log, 
 
 def measure(plan, exp_dir: Path, nodes: int, t0_mono: float, wall: float, code: int, memory, log,
             seconds_per_hour: float | None = None) -> dict:
-    from orchestrator.schedule import Job, lower_bound, simulate, start_order
+    from orchestrator.schedule import Job, lower_bound, pigeonhole_bound, simulate, start_order
 
     spans = []  # (trial, nodes, start, end, planned seconds, attempts)
     stopped = 0
@@ -165,6 +199,7 @@ def measure(plan, exp_dir: Path, nodes: int, t0_mono: float, wall: float, code: 
         "wall_s": round(wall, 1), "makespan_s": round(makespan, 1),
         "lower_bound_s": round(bound, 1) if bound else None,
         "ratio": round(makespan / bound, 3) if bound else None,
+        "pigeonhole_bound_s": round(pigeonhole_bound(jobs, nodes), 1) if bound else None,
         "preview_makespan_s": round(preview, 1) if preview else None,
         "utilization": round(node_seconds / (nodes * makespan), 3),
         "longest_wait_s": round(max(waits.values()), 1),
@@ -172,12 +207,15 @@ def measure(plan, exp_dir: Path, nodes: int, t0_mono: float, wall: float, code: 
         "longest_wide_wait_s": round(max(wide), 1) if wide else None,
         "first_start_s": round(min(s[2] for s in spans), 1),
         "gpu_hours_simulated": round(gpu_hours_sim), "stopped_early": stopped,
-        "min_available_gib": round(min(m for _, m in memory), 1) if memory else None,
+        "peak_pss_gib": round(max(m[1] for m in memory), 2) if memory else None,
+        "min_available_gib": round(min(m[2] for m in memory), 1) if memory else None,
+        "peak_pss_by_kind_mib": max(memory, key=lambda m: m[1])[3] if memory else None,
         "spans": [{"trial": s[0], "nodes": s[1], "start": round(s[2], 2), "end": round(s[3], 2),
                    "planned": s[4], "state": s[5]} for s in spans],
     }
     log(f"{plan.name}: {len(plan.trials)} trials on {nodes} nodes: makespan {makespan:.0f} s, lower bound "
-        f"{bound or float('nan'):.0f} s, ratio {result['ratio']}, preview {result['preview_makespan_s']} s, "
+        f"{bound or float('nan'):.0f} s, ratio {result['ratio']}, pigeonhole bound {result['pigeonhole_bound_s']} s, "
+        f"preview {result['preview_makespan_s']} s, "
         f"utilization {result['utilization']:.1%}, longest wait {result['longest_wait_s']} s "
         f"(2-node: {result['longest_wide_wait_s']} s), {result['gpu_hours_simulated']:,} simulated A100-hours")
     return result
@@ -213,6 +251,34 @@ def plot(results: list[dict], path: Path) -> None:
 SECONDS_PER_HOUR = 1.0
 
 
+def policy_table(log, node_counts=(8, 12, 20, 30), seeds=(1, 3)) -> list[dict]:
+    """The ordering policies on the preview's list scheduler (no Ray): the plan's order or widest/longest first,
+    each with no overtaking (ours) or with whatever fits starting (what Ray's queue of pending placement groups
+    does when every trial asks at once). Ratios are makespan / lower bound; waits are the 2-node trials' longest."""
+    from orchestrator.config.experiment import load_spec, plan_experiment
+    from orchestrator.schedule import Job, estimated_hours, plan_jobs, simulate, simulate_greedy
+
+    rows = []
+    log("policy (preview, estimated run times)   seeds nodes  bound h  makespan/bound  /pigeonhole  2-node wait h")
+    for n_seeds in seeds:
+        plan = plan_experiment(load_spec("paper"), profile="a100", seeds=n_seeds)
+        in_plan_order = [Job(t.name, t.nodes, estimated_hours(t)) for t in plan.trials]
+        ours = plan_jobs(plan)
+        for nodes in node_counts:
+            for name, run, jobs in (("plan order, whatever fits starts", simulate_greedy, in_plan_order),
+                                    ("plan order, no overtaking", simulate, in_plan_order),
+                                    ("widest/longest first, whatever fits", simulate_greedy, ours),
+                                    ("widest/longest first, no overtaking *", simulate, ours)):
+                s = run(jobs, nodes)
+                wide = max(p.start for p in s.placements if p.job.nodes > 1)
+                rows.append({"policy": name, "seeds": n_seeds, "nodes": nodes, "bound_h": s.lower_bound,
+                             "ratio": s.makespan / s.lower_bound, "pigeonhole_ratio": s.makespan / s.pigeonhole_bound,
+                             "wide_wait_h": wide})
+                log(f"{name:<40} {n_seeds:>5} {nodes:>5} {s.lower_bound:>8.0f} {s.makespan / s.lower_bound:>15.3f} "
+                    f"{s.makespan / s.pigeonhole_bound:>12.3f} {wide:>14.0f}")
+    return rows
+
+
 def main() -> int:
     global SECONDS_PER_HOUR
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -226,6 +292,7 @@ def main() -> int:
     parser.add_argument("--reserve-gib", type=float, default=0.45, help="memory kept free per trial to come")
     parser.add_argument("--poll-s", type=float, default=2.0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--policies", action="store_true", help="only the ordering policies on the preview, no Ray")
     args = parser.parse_args()
     SECONDS_PER_HOUR = args.seconds_per_hour
     args.out.mkdir(parents=True, exist_ok=True)
@@ -236,6 +303,9 @@ def main() -> int:
         log_file.write(line + "\n")
         log_file.flush()
 
+    if args.policies:
+        policy_table(log)
+        return 0
     # the stand-ins and controllers read these from the nodes' environment: set before the nodes start
     os.environ.update({"STANDIN_A100": "1", "STANDIN_SECONDS_PER_HOUR": str(args.seconds_per_hour),
                        "STANDIN_NOISE": str(args.noise), "STANDIN_VALIDATE_AT_TEST_FREQ": "1",
@@ -306,10 +376,11 @@ def best_kept(plan, exp_dir: Path) -> dict:
 def print_table(results: list[dict], log) -> None:
     log("")
     log(f"{'workload':<22} {'trials':>6} {'nodes':>5} {'makespan s':>10} {'bound s':>8} {'ratio':>6} "
-        f"{'preview s':>9} {'util':>6} {'max wait s':>10} {'sim A100-h':>10}")
+        f"{'pigeon s':>8} {'preview s':>9} {'util':>6} {'max wait s':>10} {'sim A100-h':>10}")
     for r in results:
         log(f"{r['experiment']:<22} {r['trials']:>6} {r['nodes']:>5} {r['makespan_s']:>10.0f} "
             f"{(r['lower_bound_s'] or float('nan')):>8.0f} {(r['ratio'] or float('nan')):>6.2f} "
+            f"{(r['pigeonhole_bound_s'] or float('nan')):>8.0f} "
             f"{(r['preview_makespan_s'] or float('nan')):>9.0f} {r['utilization']:>6.1%} "
             f"{r['longest_wait_s']:>10.0f} {r['gpu_hours_simulated']:>10,}")
     asha = {r["experiment"]: r for r in results if r["experiment"].startswith("alpha-beta")}

@@ -72,6 +72,10 @@ class Schedule:
         return lower_bound([p.job for p in self.placements], self.nodes)
 
     @property
+    def pigeonhole_bound(self) -> float:
+        return pigeonhole_bound([p.job for p in self.placements], self.nodes)
+
+    @property
     def utilization(self) -> float:
         """Mean share of the nodes busy from the first start to the last end."""
         return self.node_hours / (self.nodes * self.makespan) if self.makespan else 0.0
@@ -89,6 +93,18 @@ def lower_bound(jobs: Sequence[Job], nodes: int) -> float:
     if not jobs:
         return 0.0
     return max(sum(j.nodes * j.hours for j in jobs) / nodes, max(j.hours for j in jobs))
+
+
+def pigeonhole_bound(jobs: Sequence[Job], nodes: int) -> float:
+    """A tighter bound when jobs are few and long: among the k*N+1 longest node-jobs (a job of n nodes counts n
+    times, once per node it holds) some node runs k+1, one after another, so no schedule ends before k+1 times the
+    (k*N+1)-th longest. With :func:`lower_bound`, what no schedule on ``nodes`` nodes can beat."""
+    items = sorted((j.hours for j in jobs for _ in range(j.nodes)), reverse=True)
+    best = 0.0
+    for k in range(1, len(items) // nodes + 1):
+        if len(items) > k * nodes:
+            best = max(best, (k + 1) * items[k * nodes])
+    return max(best, lower_bound(jobs, nodes))
 
 
 def simulate(jobs: Sequence[Job], nodes: int, max_concurrent: int | None = None) -> Schedule:
