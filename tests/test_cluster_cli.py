@@ -12,7 +12,8 @@ import yaml
 from typer.testing import CliRunner
 
 from orchestrator.cli import cluster as cluster_cli
-from orchestrator.cli.cluster import cluster_app, data_app, ray_executable
+from orchestrator.cli.cluster import cluster_app, ray_executable
+from orchestrator.cli.data import data_app
 
 CLUSTER = Path(__file__).resolve().parents[1] / "cluster"
 ONPREM = CLUSTER / "a100-onprem.yaml"

@@ -16,7 +16,7 @@ import typer
 from typer.testing import CliRunner
 
 from orchestrator import data_prepare
-from orchestrator.cli.cluster import data_app
+from orchestrator.cli.data import data_app
 from orchestrator.data_prepare import (
     INSTRUCTION, SOURCES, TRAIN_NAME, VALIDATION_NAMES, DataPrepareError, clean_answer, dapo_problem, last_boxed,
     prepare_source, read_jsonl, select_sources, train_file, update_manifest, val_files,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -71,9 +72,23 @@ def test_unknown_baseline_lists_the_valid_ones():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["sweep", "--seeds", "0", "--dry-run"], "--seeds must be at least 1"),
-    (["sweep", "--scheduler", "hyperband", "--dry-run"], "--scheduler must be one of fifo, asha"),
-    (["sweep", "--grid", "half", "--dry-run"], "--grid must be one of listed, full"),
+    (["sweep", "--seeds", "0", "--dry-run"], "Invalid value for '--seeds': Input should be greater than or equal to 1"),
+    (["sweep", "--scheduler", "hyperband", "--dry-run"], "'hyperband' is not one of 'fifo', 'asha'"),
+    (["sweep", "--grid", "half", "--dry-run"], "'half' is not one of 'listed', 'full'"),
+    (["compare", "--profile", "gpu", "--dry-run"], "'gpu' is not one of 'local', 'a100'"),
+    (["compare", "--scale", "3b", "--dry-run"], "'3b' is not one of '1.5b', '7b', '14b'"),
+    (["compare", "--max-concurrent", "0", "--dry-run"], "Invalid value for '--max-concurrent'"),
+])
+def test_a_bad_choice_or_number_is_clicks_usage_error_exit_2(args, message, tmp_path):
+    """Typer/Click check choices and ranges themselves: exit 2, a short usage block, no traceback."""
+    result = runner.invoke(app, [*args, "--root", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    text = " ".join(re.sub("[│╭╮╰╯─]", " ", result.stderr).split())  # rich boxes and line breaks out
+    assert message in text and "Usage:" in text and "Traceback" not in result.output
+    assert result.stdout == "" and not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("args, message", [
     (["sweep", "nosuchspec", "--dry-run"], "no spec 'nosuchspec'"),
     (["sweep", "compare", "--dry-run"], "is a compare spec; use `maspo compare`"),
     (["compare", "-P", "train_batch_size=6", "--dry-run"], "must be a multiple of ppo_mini_batch_size"),
@@ -88,7 +103,8 @@ def test_unknown_baseline_lists_the_valid_ones():
 def test_bad_command_input_is_one_line_and_exit_2(args, message, tmp_path):
     result = runner.invoke(app, [*args, "--root", str(tmp_path)])
     assert result.exit_code == 2, result.output
-    assert message in result.output and "Traceback" not in result.output
+    assert message in result.stderr and "Traceback" not in result.output
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())  # nothing written, nothing launched
 
 

@@ -45,6 +45,7 @@ def test_checking_a_users_input_imports_neither_torch_nor_verl():
     code = """
 import sys
 from orchestrator import cli, jobs, local_trial, render, store, tune_runner
+from orchestrator.cli import algorithms, cluster, common, dashboard, data, experiments, run, sync
 from orchestrator.config.experiment import load_spec
 from orchestrator.config.trial import trial_config
 trial = trial_config("maspo", {"alpha": 0.3, "beta": 0.03}, seed=1)

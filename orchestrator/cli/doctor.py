@@ -7,27 +7,17 @@ the command, to check each target against the signature it was written for (abou
 
 from __future__ import annotations
 
-import sys
-from enum import Enum
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-
-class Profile(str, Enum):
-    local = "local"
-    a100 = "a100"
-
+from orchestrator.cli.common import Profile, console, handles_user_errors
 
 PROFILE_ENV = {Profile.local: {"VERL_PLATFORM": "cpu"}, Profile.a100: {}}  # what a verl process of each sees
 
 
-def _console() -> Console:
-    return Console() if sys.stdout.isatty() else Console(width=200)  # a file or a CI log: no wrapping at 80
-
-
+@handles_user_errors
 def doctor_command(
     check: bool = typer.Option(True, "--check/--no-check",
                                help="Import verl and each patch's target to check it (about 10 s)."),
@@ -38,7 +28,6 @@ def doctor_command(
     """The patches maspo applies to verl, Ray and W&B, and which are active here."""
     from orchestrator.verl_bridge import patches
 
-    console = _console()
     environ = None if profile is None else PROFILE_ENV[profile]
     plugin_error = None
     if check:

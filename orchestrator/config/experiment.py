@@ -224,6 +224,10 @@ def load_spec(name_or_path: str | Path) -> SweepSpec | CompareSpec | StudySpec:
                         f"specs in {resources.data_dir('sweeps')}: {known}")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise SpecError(f"{path}: not a UTF-8 text file (byte {err.start}: {err.reason})") from None
+    except OSError as err:
+        raise SpecError(f"{path}: cannot read it: {err.strerror or err}") from None
     except yaml.YAMLError as err:
         raise SpecError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
     try:
