@@ -188,3 +188,69 @@ def test_the_pigeonhole_bound():
     seven = estimate_cost(next(t for t in plan.trials if t.trial.profile.scale == "7b").trial.profile).wall_hours
     assert s.pigeonhole_bound == pytest.approx(3 * seven) and s.makespan == pytest.approx(s.pigeonhole_bound)
     assert s.makespan / s.lower_bound > 1.15  # the simple bound is not reachable here
+
+
+# --- the command line: the study's dry run and the schedule preview ---------------------------------------
+
+from typer.testing import CliRunner  # noqa: E402
+
+from orchestrator.cli import app  # noqa: E402
+
+runner = CliRunner()
+
+
+def _flat(text: str) -> str:
+    """The output with Rich's line wrapping undone (the console is 160 columns wide off a terminal)."""
+    return " ".join(text.split())
+
+
+def test_the_study_dry_run_prints_every_trial_its_nodes_its_cost_and_the_total(tmp_path):
+    result = runner.invoke(app, ["sweep", "paper", "--profile", "a100", "--dry-run", "--root", str(tmp_path)],
+                           terminal_width=3000)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("python -m verl.trainer.main_ppo") == 32
+    assert result.output.count("16 GPU(s) on 2 node(s), 2 slot(s)") == 2
+    assert result.output.count("8 GPU(s) on 1 node(s), 1 slot(s)") == 30
+    assert "parts: main-7b, alpha-beta-7b" in result.output
+    plan = plan_experiment(load_spec("paper"), profile="a100")
+    total = sum(estimate_cost(t.trial.profile).gpu_hours for t in plan.trials)
+    assert f"total: 32 trials (30 x 8 GPUs, 2 x 16 GPUs), est. {total:,.0f} A100-hours" in result.output
+    assert "as many at a time as the free verl_slots allow" in _flat(result.output)
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_schedule_preview_by_hand(tmp_path):
+    """Nine 7B trials of T hours on 4 nodes: waves of 4, 4 and 1, so 3T; the bound is 9T/4; utilization 9/12."""
+    result = runner.invoke(app, ["compare", "--profile", "a100", "--scale", "7b", "--dry-run", "--nodes", "4",
+                                 "--root", str(tmp_path)], terminal_width=3000)
+    assert result.exit_code == 0, result.output
+    hours = estimate_cost(plan_experiment(load_spec("compare"), profile="a100", scale="7b").trials[0]
+                          .trial.profile).wall_hours
+    out = _flat(result.output)
+    assert f"makespan {3 * hours:,.0f} h" in out
+    assert f"lower bound {9 * hours / 4:,.0f} h" in out and "makespan / lower bound 1.33" in out
+    assert f"no schedule ends before {3 * hours:,.0f} h either" in out  # 9 trials on 4 nodes: 3 in a row
+    assert "mean utilization 75.0%" in out and f"starts after {2 * hours:,.0f} h" in out
+    capped = runner.invoke(app, ["compare", "--profile", "a100", "--scale", "7b", "--dry-run", "--nodes", "4",
+                                 "--max-concurrent", "1", "--root", str(tmp_path)], terminal_width=3000)
+    assert f"makespan {9 * hours:,.0f} h" in _flat(capped.output) and "at most 1 at a time" in _flat(capped.output)
+
+
+def test_the_schedule_preview_of_a_cluster_file(tmp_path):
+    result = runner.invoke(app, ["sweep", "paper", "--profile", "a100", "--dry-run", "--cluster",
+                                 "cluster/a100-onprem.yaml", "--root", str(tmp_path)], terminal_width=3000)
+    assert result.exit_code == 0, result.output
+    assert "schedule on 30 node(s)" in _flat(result.output) and "makespan / lower bound 1.00" in _flat(result.output)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["compare", "--profile", "a100", "--nodes", "4"], "--nodes previews a schedule: use it with --dry-run"),
+    (["compare", "--dry-run", "--nodes", "4"], "needs the a100 profile"),
+    (["compare", "--profile", "a100", "--scale", "14b", "--dry-run", "--nodes", "1"], "can never start it"),
+    (["compare", "--spec", "paper", "--dry-run"], "is a study spec; use `maspo sweep`"),
+    (["sweep", "paper", "--scale", "7b", "--dry-run"], "drop --scale"),
+])
+def test_preview_and_study_mistakes_are_one_line(tmp_path, args, message):
+    result = runner.invoke(app, [*args, "--root", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert message in _flat(result.output) and "Traceback" not in result.output
