@@ -150,7 +150,7 @@ def run_plan(plan, address: str, out_dir: Path, nodes: int, poll_s: float, log, 
             while not stop.wait(15):
                 total, kinds = tree_pss(kinds=True)
                 memory.append((time.monotonic() - t0_mono, total / GIB, available_bytes() / GIB,
-                               {k: round(v / 2**20) for k, v in kinds.items()}))
+                               {k: round(v / 2**20) for k, v in kinds.items()}, os.getloadavg()[0]))
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
@@ -210,6 +210,7 @@ def measure(plan, exp_dir: Path, nodes: int, t0_mono: float, wall: float, code: 
         "peak_pss_gib": round(max(m[1] for m in memory), 2) if memory else None,
         "min_available_gib": round(min(m[2] for m in memory), 1) if memory else None,
         "peak_pss_by_kind_mib": max(memory, key=lambda m: m[1])[3] if memory else None,
+        "mean_load_1min": round(sum(m[4] for m in memory) / len(memory), 1) if memory else None,
         "spans": [{"trial": s[0], "nodes": s[1], "start": round(s[2], 2), "end": round(s[3], 2),
                    "planned": s[4], "state": s[5]} for s in spans],
     }
