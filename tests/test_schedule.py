@@ -254,3 +254,12 @@ def test_preview_and_study_mistakes_are_one_line(tmp_path, args, message):
     result = runner.invoke(app, [*args, "--root", str(tmp_path)])
     assert result.exit_code == 2, result.output
     assert message in _flat(result.output) and "Traceback" not in result.output
+
+
+def test_the_readme_shows_the_study_total_the_code_derives():
+    from pathlib import Path
+
+    plan = plan_experiment(load_spec("paper"), profile="a100")
+    total = sum(estimate_cost(t.trial.profile).gpu_hours for t in plan.trials)
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert f"total: 32 trials (30 x 8 GPUs, 2 x 16 GPUs), est. {total:,.0f} A100-hours" in readme
