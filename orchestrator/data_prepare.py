@@ -15,6 +15,10 @@ The rows have the schema the local profile's synthetic data has (``orchestrator/
 validation), and every file has the same ``extra_info`` struct because verl concatenates the validation files.
 The converters take an iterable of rows (dicts with the hub's column layout), so tests feed them fixtures.
 
+``maspo data prepare --fixtures --out DIR`` writes the same layout from the fixtures shipped with maspo (a few
+rows per source, ``tests/fixtures/data``, in the wheel too), without network: the data of a rehearsal
+(``maspo compare --profile a100 --rehearse``, ``orchestrator/rehearsal.py``).
+
 Every prompt (training and validation) ends with DeepSeek-R1's recommended math instruction, "Please reason
 step by step, and put your final answer within \\boxed{}.": the reward reads the last ``\\boxed{}``. DAPO's own
 prompt asks for an "Answer:" line instead, so its wrapper is removed and the problem re-wrapped. The hub copy
@@ -303,6 +307,28 @@ def prepare_source(source: Source, out_dir: str | Path, rows: Iterable[Mapping[s
     path = write_parquet(converted, output_file(source.name, out_dir))
     return {"hf_id": source.hf_id, "revision": revision, "split": source.split, "role": source.role,
             "rows": len(converted), "file": path.name}
+
+
+FIXTURE_REVISION = "fixtures"  # what sources.json records for data written from the shipped fixtures
+
+
+def fixture_rows(source: Source) -> list[dict]:
+    """The shipped fixture rows of a source (the hub's column layout; ``orchestrator.resources``)."""
+    from orchestrator import resources
+
+    path = resources.fixture_file(source.name)
+    if not path.is_file():
+        raise DataPrepareError(f"no fixture for {source.name} ({path}): this maspo install lacks its data fixtures")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def prepare_fixtures(out_dir: str | Path, only: str | Iterable[str] | None = None) -> dict[str, dict]:
+    """Write the a100 data layout from the shipped fixtures (no network); returns the manifest entries."""
+    out_dir = Path(out_dir).expanduser()
+    entries = {s.name: prepare_source(s, out_dir, rows=fixture_rows(s), revision=FIXTURE_REVISION)
+               for s in select_sources(only)}
+    update_manifest(out_dir, entries)
+    return entries
 
 
 def _counting(rows: Iterable[Mapping[str, Any]], on_row: Callable[[int], None]) -> Iterator[Mapping[str, Any]]:

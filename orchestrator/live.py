@@ -36,6 +36,8 @@ class LiveTrials:
             attempts = len(status.get("attempts", []))
             if state == "FAILED" and attempts <= self.plan.max_failures:
                 state = "RETRYING"
+            elif state == "STOPPED" and attempts and status["attempts"][-1].get("resume_drill") is not None:
+                state = "RETRYING"  # a rehearsal's resume drill (orchestrator/rehearsal.py)
             row.update(state=state, metrics={**summary(files.records()), "attempt": attempts})
 
     def _loop(self) -> None:

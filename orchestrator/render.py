@@ -2,7 +2,9 @@
 
 - local profile: :func:`render_local_trial` (verl on CPU: ``orchestrator.verl_bridge.local_run``), with the
   assets :func:`prepare_local_assets` builds and caches (warm-started tiny model, synthetic data);
-- a100 profile: ``orchestrator.scales.render_a100_overrides`` (Table 4 hyperparameters, the scale's preset).
+- a100 profile: ``orchestrator.scales.render_a100_overrides`` (Table 4 hyperparameters, the scale's preset);
+- an a100 experiment rehearsed on CPU (``--rehearse``): the a100 overrides with the device-bound ones replaced by
+  the local profile's (``orchestrator.rehearsal``).
 
 :func:`render_job` picks one for a planned trial and adds the W&B identity; :func:`dry_run_lines` renders every
 trial of a plan without preparing anything.
@@ -82,13 +84,18 @@ def render_job(planned: PlannedTrial, plan: ExperimentPlan, trial_dir: Path, att
                assets: LocalAssets | None = None) -> TrialJob:
     """The verl command of one attempt of a planned trial, for its profile, with its W&B identity.
 
-    On the local profile ``assets`` defaults to the prepared (cached) ones.
+    On the local profile (and in a rehearsal, for its model) ``assets`` defaults to the prepared (cached) ones.
     """
     from orchestrator.tracking import trial_wandb_env
 
     trial = planned.trial
     metrics_path = attempt_dir / METRICS_FILE
-    if trial.profile.name == "a100":
+    if plan.rehearse:
+        from orchestrator.rehearsal import render_rehearsal_job, tiny_model
+
+        model_dir = assets.model_dir if assets is not None else tiny_model()
+        job = render_rehearsal_job(planned, trial_dir, metrics_path, model_dir)
+    elif trial.profile.name == "a100":
         from orchestrator.scales import a100_job_env, render_a100_overrides
 
         overrides = render_a100_overrides(trial.algorithm, trial.params, trial.seed, trial.profile,
@@ -98,8 +105,11 @@ def render_job(planned: PlannedTrial, plan: ExperimentPlan, trial_dir: Path, att
         assets = assets or prepare_local_assets(trial.profile, trial.seed)
         job = render_local_trial(trial, assets, trial_dir, planned.name, metrics_path=metrics_path,
                                  checkpoint_every=trial.profile.test_freq)
+    mode = job.env.get("WANDB_MODE")
     job.env.update(trial_wandb_env(trial, experiment=plan.name, trial_name=planned.name, label=planned.label,
-                                   tags=[plan.kind, plan.profile, plan.scale]))
+                                   tags=[plan.kind, plan.profile, plan.scale, *(["rehearsal"] if plan.rehearse else [])]))
+    if plan.rehearse:
+        job.env["WANDB_MODE"] = mode  # offline unless the user set WANDB_MODE (orchestrator.rehearsal.job_env)
     return job
 
 

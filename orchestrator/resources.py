@@ -1,9 +1,11 @@
-"""The data files maspo ships with its code: the sweep specs and the dashboard definition.
+"""The data files maspo ships with its code: the sweep specs, the dashboard definition and the data fixtures.
 
-Their source lives at the top of the repository, ``sweeps/*.yaml`` and ``dashboards/maspo.yaml``. The wheel
-carries them inside the package, at ``orchestrator/_data/sweeps/`` and ``orchestrator/_data/dashboards/``
-(pyproject.toml, ``[tool.hatch.build.targets.wheel.force-include]``), and this module reads them from there
-with :mod:`importlib.resources`: that is what a cluster node runs after ``pip install maspo[gpu]``.
+Their source lives in the repository, ``sweeps/*.yaml``, ``dashboards/maspo.yaml`` and ``tests/fixtures/data/``
+(a few rows of each data source with its hub column layout: what ``maspo data prepare --fixtures`` converts for
+a rehearsal). The wheel carries them inside the package, at ``orchestrator/_data/sweeps/``,
+``orchestrator/_data/dashboards/`` and ``orchestrator/_data/fixtures/`` (pyproject.toml,
+``[tool.hatch.build.targets.wheel.force-include]``), and this module reads them from there with
+:mod:`importlib.resources`: that is what a cluster node runs after ``pip install maspo[gpu]``.
 
 An editable install (``make install``: ``pip install -e``) and a plain checkout (pytest's ``pythonpath``)
 import the package straight from the source tree, which has no ``_data``: hatchling's editable wheel puts the
@@ -24,7 +26,9 @@ from orchestrator.errors import UserError
 if TYPE_CHECKING:  # importlib.resources.abc is 3.11+; at run time only the methods below are used
     from importlib.resources.abc import Traversable
 
-Kind = Literal["sweeps", "dashboards"]
+Kind = Literal["sweeps", "dashboards", "fixtures"]
+# where each kind lives in a source checkout
+CHECKOUT_PATHS = {"sweeps": "sweeps", "dashboards": "dashboards", "fixtures": "tests/fixtures/data"}
 PACKAGED = "_data"  # orchestrator/_data/<kind>/ inside the wheel
 DASHBOARD_DEFINITION = "maspo.yaml"
 
@@ -37,13 +41,13 @@ def _checkout_dir(kind: Kind) -> Path | None:
     """``<checkout>/<kind>`` when the package is imported from a maspo source checkout, else None."""
     root = Path(__file__).resolve().parents[1]
     pyproject = root / "pyproject.toml"
-    if not (root / kind).is_dir() or not pyproject.is_file():
+    if not (root / CHECKOUT_PATHS[kind]).is_dir() or not pyproject.is_file():
         return None
     try:
         head = pyproject.read_text(errors="replace")
     except OSError:
         return None
-    return root / kind if 'name = "maspo"' in head else None
+    return root / CHECKOUT_PATHS[kind] if 'name = "maspo"' in head else None
 
 
 def data_dir(kind: Kind) -> Traversable:
@@ -55,7 +59,8 @@ def data_dir(kind: Kind) -> Traversable:
     if checkout is not None:
         return checkout
     raise ResourceError(f"maspo's {kind}/ files are missing from this install: neither {packaged} (a wheel) "
-                        f"nor a source checkout's {kind}/ exists; reinstall maspo from a wheel or a checkout")
+                        f"nor a source checkout's {CHECKOUT_PATHS[kind]}/ exists; reinstall maspo from a wheel or "
+                        f"a checkout")
 
 
 def spec_files() -> dict[str, Traversable]:
@@ -85,3 +90,8 @@ def dashboard_definition() -> Traversable:
 
 def dashboard_definition_text() -> str:
     return dashboard_definition().read_text(encoding="utf-8")
+
+
+def fixture_file(name: str) -> Traversable:
+    """The data fixture of source ``name`` (``<name>.jsonl``: rows with the hub's column layout)."""
+    return data_dir("fixtures").joinpath(f"{name}.jsonl")

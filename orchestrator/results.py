@@ -541,8 +541,10 @@ def table(results: Results, paper: bool = False):
     plan = results.plan
     estimator = results.estimator
     other = "unbiased" if estimator == "bootstrap" else "bootstrap"
-    t = Table(title=f"{plan.name}: A = Avg@{k}, P = Pass@{k} (%), {ESTIMATOR_NAMES[estimator]}, per set; mean over "
-                    f"{len(plan.seeds)} seed(s) at {results.checkpoint()}; best in bold, second underlined",
+    rehearsal = ("[bold yellow]REHEARSAL[/] on CPU (tiny model, fixture data, a few steps: its numbers mean nothing; "
+                 "the paper's rows are the real models') " if plan.rehearse else "")
+    t = Table(title=f"{rehearsal}{plan.name}: A = Avg@{k}, P = Pass@{k} (%), {ESTIMATOR_NAMES[estimator]}, per set; "
+                    f"mean over {len(plan.seeds)} seed(s) at {results.checkpoint()}; best in bold, second underlined",
               title_justify="left")
     t.add_column({"compare": "method", "study": "part: setting"}.get(plan.kind, plan.trials[0].trial.algorithm),
                  no_wrap=True)

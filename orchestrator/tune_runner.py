@@ -34,6 +34,7 @@ from pathlib import Path
 from orchestrator.config.plan import ExperimentPlan, PlannedTrial
 from orchestrator.errors import UserError
 from orchestrator.jobs import JobRun, redacted, stop_jobs
+from orchestrator.rehearsal import drill, drill_step, quiet_resume_drills, should_drill
 from orchestrator.render import render_job, trial_checkpoint_dir
 from orchestrator.store import ExperimentDir, resume_point, summary
 from orchestrator.verl_bridge.patches import install_driver_patches
@@ -87,12 +88,19 @@ def trial_controller(config: dict) -> None:
                                "slot_nodes": _slot_nodes()})
     from orchestrator.scales import gpus_of
 
-    status.update(state="running", gpus=gpus_of(planned.trial.profile))
+    status.update(state="running", gpus=1 if plan.rehearse else gpus_of(planned.trial.profile))
     files.write_status(status)
+
+    drilled = should_drill(plan, planned, attempt)  # a rehearsal stops its first trial once, after a checkpoint
+    checkpoints = trial_checkpoint_dir(planned, files.path)
 
     def report(records: list[dict]) -> None:
         if [r for r in records if stream.accept(r)]:
             tune.report({**summary(stream.records), "attempt": attempt, "resumed_from_step": resumed_from})
+        step = drill_step(checkpoints, stream.steps(), planned.trial.profile.steps) if drilled else None
+        if step is not None:
+            status["attempts"][-1]["resume_drill"] = step
+            raise drill(step)  # JobRun stops the job on the way out; Tune's FailureConfig retries
 
     run = JobRun(client, job, submission_id, log_path=attempt_dir / "job.log", metadata=identity,
                  poll_s=float(config.get("poll_s", 1.0)))
@@ -177,7 +185,7 @@ def build_tuner(plan: ExperimentPlan, exp_dir: Path, callbacks=(), poll_s: float
     from orchestrator.admission import SlotAdmission
     from orchestrator.schedule import start_order
 
-    nodes_of = {t.name: t.nodes for t in plan.trials}
+    nodes_of = {t.name: plan.nodes_of(t) for t in plan.trials}
     trainable = tune.with_resources(trial_controller, TrialResources(nodes_of))
     if restore:
         return tune.Tuner.restore(str((exp_dir / "tune").resolve()), trainable=trainable, resume_unfinished=True,
@@ -226,15 +234,16 @@ def slot_nodes() -> list[int]:
 def check_slots(plan: ExperimentPlan, per_node: list[int], address: str | None) -> None:
     """Refuse a cluster on which the widest trial can never start: it needs a slot on each of N different nodes."""
     total = sum(per_node)
-    widest = max(plan.trials, key=lambda t: t.nodes)
+    widest = max(plan.trials, key=plan.nodes_of)
+    nodes = plan.nodes_of(widest)
     if total < 1:
         raise UserError(f"the Ray cluster at {address} declares no '{SLOT_RESOURCE}' resource, so no trial can "
                         f"start; start its GPU nodes with --resources='{{\"{SLOT_RESOURCE}\": 1}}' per 8 GPUs "
                         f"(see cluster/)")
-    if len(per_node) < widest.nodes:
+    if len(per_node) < nodes:
         raise UserError(f"the Ray cluster at {address} has {total} '{SLOT_RESOURCE}'(s) in total but only "
-                        f"{len(per_node)} node(s) with one; trial {widest.name} spans {widest.nodes} nodes and needs "
-                        f"a slot on each of {widest.nodes} different nodes (one slot per 8-GPU node, see cluster/)")
+                        f"{len(per_node)} node(s) with one; trial {widest.name} spans {nodes} nodes and needs "
+                        f"a slot on each of {nodes} different nodes (one slot per 8-GPU node, see cluster/)")
 
 
 def local_slots(cpus: int | None = None, available_bytes: int | None = None) -> int:
@@ -261,7 +270,7 @@ def run_experiment(plan: ExperimentPlan, exp_dir: Path, console, *, address: str
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the old reporter honours verbose=0: our table only
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     live = LiveTrials(plan, exp_dir, console)
-    if plan.profile == "local" and address is None:
+    if (plan.profile == "local" or plan.rehearse) and address is None:
         slots = (plan.max_concurrent or local_slots()) * plan.slots_per_trial
         cluster = LocalRayCluster(num_cpus=16 * slots, num_gpus=slots, log_dir=exp_dir,
                                   resources={SLOT_RESOURCE: slots})
@@ -285,6 +294,8 @@ def run_experiment(plan: ExperimentPlan, exp_dir: Path, console, *, address: str
 
         terminate_as_interrupt()  # again: ray.init installs Ray's own SIGTERM handler (which just dies)
         check_slots(plan, slot_nodes(), address)
+        if plan.rehearse:
+            quiet_resume_drills()
         tuner = build_tuner(plan, exp_dir, poll_s=poll_s, restore=restore, renderer=renderer)
         with live:
             grid = tuner.fit()
@@ -297,15 +308,34 @@ def run_experiment(plan: ExperimentPlan, exp_dir: Path, console, *, address: str
 
 
 def check_ready(plan: ExperimentPlan, address: str | None) -> None:
-    """A cluster run needs a cluster and the prepared data; say so before anything starts."""
+    """A cluster run needs a cluster and the prepared data; say so before anything starts.
+
+    A rehearsal (``--rehearse``) runs on a private local Ray with the rehearsal's data (``--data`` or the default
+    directory, prepared from the fixtures); a cluster run refuses data written from the fixtures.
+    """
     if plan.profile != "a100":
         return
+    from orchestrator.rehearsal import default_data_dir, is_fixture_data
     from orchestrator.scales import missing_data_files
 
+    profile = plan.trials[0].trial.profile
+    if plan.rehearse:
+        if address is not None:
+            raise UserError("a rehearsal runs on a private local Ray on this machine: leave out --address/--cluster")
+        if Path(profile.data_dir).expanduser().resolve() != default_data_dir().resolve():
+            missing = missing_data_files(profile)
+            if missing:
+                raise UserError(f"{len(missing)} data file(s) missing in {missing[0].parent}, e.g. {missing[0].name}; "
+                                f"write them with `maspo data prepare --fixtures --out {missing[0].parent}` (or leave "
+                                f"out --data for the default rehearsal data)")
+        return
+    if is_fixture_data(profile.data_dir):
+        raise UserError(f"{profile.data_dir} holds the fixtures' rehearsal data (`maspo data prepare --fixtures`), "
+                        f"not the benchmarks: point -P data_dir / $MASPO_DATA_DIR at `maspo data prepare`'s output")
     if address is None:
         raise UserError("the a100 profile runs on a Ray cluster: give --address HOST:PORT (or 'auto' on the "
                              "head node) or --cluster cluster/<file>.yaml")
-    missing = missing_data_files(plan.trials[0].trial.profile)
+    missing = missing_data_files(profile)
     if missing:
         raise UserError(f"{len(missing)} data file(s) missing, e.g. {missing[0]}; run `maspo data prepare "
                              f"--out {missing[0].parent}` on a machine with Hugging Face access (shared storage)")
@@ -313,6 +343,14 @@ def check_ready(plan: ExperimentPlan, address: str | None) -> None:
 
 def _prepare_shared_assets(plan: ExperimentPlan, console) -> None:
     """Build the local profile's cached model and data once, in the CLI, before trials race for them."""
+    if plan.rehearse:
+        from orchestrator.rehearsal import ensure_data, tiny_model
+
+        with console.status("preparing the warm-started tiny model and the rehearsal data (cached)") as status:
+            tiny_model(progress=lambda step, total, accuracy: status.update(
+                f"warm start {step}/{total}, sampled accuracy {100 * accuracy:.0f}%"))
+            ensure_data(plan.trials[0].trial.profile.data_dir)
+        return
     if plan.profile != "local":
         return
     from orchestrator.render import prepare_local_assets

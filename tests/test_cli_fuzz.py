@@ -114,6 +114,7 @@ def options(draw, command: str) -> list[str]:
     choices = {
         "--profile": profiles, "--scale": scales, "--seeds": numbers, "--steps": numbers,
         "--max-concurrent": numbers, "--scheduler": schedulers, "--name": names, "-P": assignments,
+        "--data": names,
     }
     if command == "sweep":
         choices["--grid"] = grids
@@ -122,7 +123,7 @@ def options(draw, command: str) -> list[str]:
     argv: list[str] = []
     for option in draw(st.lists(st.sampled_from(sorted(choices)), max_size=4)):
         argv += [option, draw(choices[option])]
-    argv += draw(st.lists(st.sampled_from(["--demo", "--resume"]), max_size=2, unique=True))
+    argv += draw(st.lists(st.sampled_from(["--demo", "--resume", "--rehearse"]), max_size=3, unique=True))
     return argv
 
 

@@ -66,6 +66,10 @@ def test_the_wheel_carries_specs_dashboards_paper_tables_and_entry_points(wheel)
             assert zf.read(packaged) == spec.read_bytes()
         assert {"orchestrator/_data/sweeps/alpha-beta.yaml", "orchestrator/_data/sweeps/compare.yaml"} <= names
         assert zf.read("orchestrator/_data/dashboards/maspo.yaml") == (ROOT / "dashboards" / "maspo.yaml").read_bytes()
+        fixtures = sorted((ROOT / "tests" / "fixtures" / "data").glob("*.jsonl"))  # `maspo data prepare --fixtures`
+        assert len(fixtures) == 7
+        for fixture in fixtures:
+            assert zf.read(f"orchestrator/_data/fixtures/{fixture.name}") == fixture.read_bytes()
         tables = sorted((ROOT / "orchestrator" / "paper").glob("*.csv"))
         assert tables and {f"orchestrator/paper/{t.name}" for t in tables} <= names
         assert {"orchestrator/resources.py", "orchestrator/cli/__init__.py", "orchestrator/rewards.py"} <= names

@@ -186,6 +186,13 @@ ClusterOpt = Annotated[Optional[Path], typer.Option(
     help="A Ray cluster YAML (cluster/); validated, then its head joined.")]
 RootOpt = Annotated[Path, typer.Option(
     "--root", help="Where experiments live.")]
+RehearseOpt = Annotated[bool, typer.Option(
+    "--rehearse", help="With --profile a100: rehearse the cluster run on this machine (CPU, tiny model, private local "
+                       "Ray, 2 steps by default): every a100 override as rendered except the device-bound ones, "
+                       "which are listed at start. Ends with checks of what ran.")]
+DataOpt = Annotated[Optional[Path], typer.Option(
+    "--data", help="With --rehearse: the data directory (`maspo data prepare --fixtures --out DIR`); default: "
+                   "prepared from maspo's fixtures into the cache.")]
 ProfileSetOpt = Annotated[list[str], typer.Option(
     "--profile-set", "-P", help="A profile setting NAME=VALUE, e.g. -P train_batch_size=8 or -P test_freq=2 "
                                 "(repeatable; see the profile's fields).")]

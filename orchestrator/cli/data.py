@@ -37,29 +37,48 @@ def sources_command() -> None:
 @data_app.command("prepare")
 @handles_user_errors
 def prepare_command(
-    out: Annotated[Path, typer.Option(help="Where to write the parquet files (shared storage on a cluster: the "
-                                           "a100 profile's data_dir).")] = Path("~/maspo-data"),
+    out: Annotated[Optional[Path], typer.Option(
+        help="Where to write the parquet files (shared storage on a cluster: the a100 profile's data_dir). "
+             "Default: ~/maspo-data; with --fixtures, the rehearsal's default data directory.")] = None,
     only: Annotated[Optional[str], typer.Option(help="Comma-separated sources (see `maspo data sources`); "
                                                      "default: all seven.")] = None,
+    fixtures: Annotated[bool, typer.Option(
+        "--fixtures", help="Convert the few rows per source shipped with maspo instead of downloading (no network): "
+                           "the data of a rehearsal (`maspo compare --profile a100 --rehearse --data DIR`).")] = False,
 ) -> None:
     """Download DAPO-Math-17k and the six benchmarks and write train.parquet and val_<name>.parquet.
 
-    Needs Hugging Face Hub access. Writes sources.json beside them with each source's id, resolved revision and row count. DAPO-Math-17k's ~1.8M hub rows (each problem about 100 times) become ~17k unique problems.
+    Needs Hugging Face Hub access (not with --fixtures). Writes sources.json beside them with each source's id, resolved revision and row count. DAPO-Math-17k's ~1.8M hub rows (each problem about 100 times) become ~17k unique problems.
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from orchestrator.data_prepare import DataPrepareError, load_rows, prepare_source, select_sources, update_manifest
+    from orchestrator.data_prepare import (DEFAULT_OUT, DataPrepareError, load_rows, prepare_source, select_sources,
+                                           update_manifest)
 
     console = Console()
     sources = select_sources(only)
+    if fixtures:
+        from orchestrator.data_prepare import prepare_fixtures
+        from orchestrator.rehearsal import default_data_dir
+
+        out_dir = (out or default_data_dir()).expanduser()
+        entries = prepare_fixtures(out_dir, [s.name for s in sources])
+        table = Table(title=f"written to {out_dir} (from maspo's fixtures: a rehearsal's data, not the benchmarks)")
+        for column in ("source", "rows", "file"):
+            table.add_column(column, overflow="fold")
+        for name, entry in entries.items():
+            table.add_row(name, str(entry["rows"]), entry["file"])
+        console.print(table)
+        console.print(f"manifest: {out_dir / 'sources.json'}")
+        return
     try:
         import datasets  # noqa: F401 - fail before any download if it is missing
     except ImportError:
         raise UserError("the `datasets` package is not installed (verl normally brings it): "
                         "pip install datasets") from None
-    out_dir = out.expanduser()
+    out_dir = (out or Path(DEFAULT_OUT)).expanduser()
     entries: dict[str, dict] = {}
     columns = (SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())

@@ -13,10 +13,10 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from orchestrator.cli.common import (AddressOpt, ClusterOpt, DemoOpt, DryRunOpt, Estimator, ExperimentNameOpt, Grid,
-                                     MaxConcurrentOpt, MAX_STEPS, NodesOpt, Profile, ProfileOpt, ProfileSetOpt, ResumeOpt,
-                                     RootOpt, Scale, ScaleOpt, Scheduler, SchedulerOpt, SeedsOpt, StepsOpt, console,
-                                     experiment_name, handles_user_errors, parse_assignments)
+from orchestrator.cli.common import (AddressOpt, ClusterOpt, DataOpt, DemoOpt, DryRunOpt, Estimator, ExperimentNameOpt,
+                                     Grid, MaxConcurrentOpt, MAX_STEPS, NodesOpt, Profile, ProfileOpt, ProfileSetOpt,
+                                     RehearseOpt, ResumeOpt, RootOpt, Scale, ScaleOpt, Scheduler, SchedulerOpt, SeedsOpt,
+                                     StepsOpt, console, experiment_name, handles_user_errors, parse_assignments)
 from orchestrator.errors import UserError
 
 # profile settings a -P may not give: options of their own decide them
@@ -48,6 +48,8 @@ def sweep_command(
     cluster: ClusterOpt = None,
     root: RootOpt = Path("runs"),
     profile_set: ProfileSetOpt = [],  # noqa: B006
+    rehearse: RehearseOpt = False,
+    data: DataOpt = None,
 ) -> None:
     """Sweep one algorithm's hyperparameters (default: MASPO's alpha-beta study, paper section 5.3, Table 5), or
     run a study (e.g. `paper`: the paper's whole study, each part at its own scale).
@@ -55,7 +57,8 @@ def sweep_command(
     One Ray Tune experiment; each trial is a full verl training run submitted as a Ray Job. Ends with the results table (also: `maspo results NAME`).
     """
     plan = _plan("sweep", spec, name=name, profile=profile, scale=scale, seeds=seeds, steps=steps,
-                 max_concurrent=max_concurrent, scheduler=scheduler, demo=demo, grid=grid, profile_set=profile_set)
+                 max_concurrent=max_concurrent, scheduler=scheduler, demo=demo, grid=grid, profile_set=profile_set,
+                 rehearse=rehearse, data=data, root=root)
     preview = _preview_nodes(plan, nodes, cluster, dry_run)
     _launch(plan, dry_run=dry_run, address=_cluster_address(cluster, address, dry_run), root=root, resume=resume,
             nodes=preview)
@@ -82,6 +85,8 @@ def compare_command(
     cluster: ClusterOpt = None,
     root: RootOpt = Path("runs"),
     profile_set: ProfileSetOpt = [],  # noqa: B006
+    rehearse: RehearseOpt = False,
+    data: DataOpt = None,
 ) -> None:
     """MASPO against baselines with the paper's Table 4 hyperparameters, as one Ray Tune experiment.
 
@@ -89,7 +94,7 @@ def compare_command(
     """
     plan = _plan("compare", spec, name=name, profile=profile, scale=scale, seeds=seeds, steps=steps,
                  max_concurrent=max_concurrent, scheduler=scheduler, demo=demo, baselines=baselines,
-                 profile_set=profile_set)
+                 profile_set=profile_set, rehearse=rehearse, data=data, root=root)
     preview = _preview_nodes(plan, nodes, cluster, dry_run)
     _launch(plan, dry_run=dry_run, address=_cluster_address(cluster, address, dry_run), root=root, resume=resume,
             nodes=preview)
@@ -197,21 +202,32 @@ def _check_steps(steps: object, source: str) -> None:
 
 def _plan(kind: str, spec: str, *, name: Optional[str], profile: Profile, scale: Optional[Scale], seeds: int,
           steps: Optional[int], max_concurrent: Optional[int], scheduler: Scheduler, demo: bool, grid: Grid = Grid.listed,
-          baselines: str = "all", profile_set: list[str]):
+          baselines: str = "all", profile_set: list[str], rehearse: bool = False, data: Optional[Path] = None,
+          root: Path = Path("runs")):
     """The experiment a ``sweep``/``compare`` command describes, every input checked (a UserError if not)."""
     from orchestrator.config.experiment import load_spec, plan_experiment, spec_path
 
     if name is not None:
         experiment_name(name)
+    if data is not None and not rehearse:
+        raise UserError("--data is the data of a rehearsal: give --rehearse too (a cluster run reads -P data_dir)")
+    if rehearse and profile is not Profile.a100:
+        raise UserError("--rehearse rehearses the a100 profile on this machine: give --profile a100 too")
     settings = profile_settings(profile_set)
     loaded = load_spec(spec)
     if loaded.kind != kind and not (kind == "sweep" and loaded.kind == "study"):
         use = "sweep" if loaded.kind == "study" else loaded.kind
         raise UserError(f"{spec_path(spec)} is a {loaded.kind} spec; use `maspo {use}`")
+    if rehearse:
+        from orchestrator.rehearsal import profile_settings as rehearsal_settings
+
+        plan_name = name or (f"{loaded.name}-demo" if demo else loaded.name)
+        settings = rehearsal_settings(settings, data_dir=data, experiment_dir=root / plan_name,
+                                      steps_given=steps is not None or (demo and loaded.demo.steps is not None))
     plan = plan_experiment(loaded, name=name, profile=profile.value, scale=scale.value if scale else None,
                            seeds=seeds, steps=steps, grid=grid.value, baselines=baselines, demo=demo,
                            max_concurrent=max_concurrent, scheduler=scheduler.value,
-                           spec_file=str(spec_path(spec)), profile_settings=settings)
+                           spec_file=str(spec_path(spec)), profile_settings=settings, rehearse=rehearse)
     experiment_name(plan.name)  # a name from the spec becomes a directory too
     _check_steps(plan.steps, "steps (the spec's demo size)")
     return plan
@@ -226,6 +242,10 @@ def _launch(plan, *, dry_run: bool, address: Optional[str], root: Path, resume: 
     if dry_run:
         from orchestrator.render import dry_run_lines
 
+        if plan.rehearse:
+            from orchestrator.rehearsal import replaced_table
+
+            console.print(replaced_table(plan))
         _print_dry_run(plan, dry_run_lines(plan, root))
         if nodes is not None:
             _print_schedule(plan, nodes)
@@ -244,11 +264,21 @@ def _launch(plan, *, dry_run: bool, address: Optional[str], root: Path, resume: 
             raise UserError(f"experiment {plan.name!r} exists at {exp_dir}; continue it with --resume "
                             f"(or `maspo resume {plan.name}`), or pick another --name")
         experiment.save_plan(plan)
-    console.print(f"[bold]{plan.name}[/]: {len(plan.trials)} trial(s) of verl on the {plan.profile} profile, "
-                  f"{_concurrency(plan)}, {plan.steps} steps each"
+    if plan.rehearse:
+        from orchestrator.rehearsal import replaced_table
+
+        console.print(replaced_table(plan))
+    console.print(f"[bold]{plan.name}[/]: {len(plan.trials)} trial(s) of verl on the {plan.profile} profile"
+                  f"{' (REHEARSED on CPU)' if plan.rehearse else ''}, {_concurrency(plan)}, {plan.steps} steps each"
                   f"{', resuming' if resume else ''}. Outputs: {escape(str(exp_dir))}")
     code = run_experiment(plan, exp_dir, console, address=address, restore=resume)
     _print_results(exp_dir)
+    if plan.rehearse:
+        from orchestrator.rehearsal import checks_table, rehearsal_checks
+
+        checks = rehearsal_checks(exp_dir)
+        console.print(checks_table(checks))
+        code = code or int(not all(c.ok for c in checks))
     try:
         from orchestrator.local_dashboard import write_local_dashboard
 
@@ -287,8 +317,9 @@ def _print_dry_run(plan, lines) -> None:
             cost = (f", est. {c.gpu_hours:,.0f} A100-hours: {c.steps} steps x {c.seconds_per_step:,.0f} s + "
                     f"{c.validations} validations x {c.validation_s:,.0f} s")
         parts = f"; parts: {', '.join(planned.parts)}" if len(planned.parts) > 1 else ""
-        console.print(f"\n[bold]{planned.name}[/]  ({escape(planned.label)}, seed {t.seed}; {gpus} GPU(s) on "
-                      f"{planned.nodes} node(s), {planned.nodes} slot(s){cost}{parts})")
+        where = (f"rehearsed on 1 fake GPU; on the cluster {gpus} GPU(s) on {planned.nodes} node(s){cost}"
+                 if plan.rehearse else f"{gpus} GPU(s) on {planned.nodes} node(s), {planned.nodes} slot(s){cost}")
+        console.print(f"\n[bold]{planned.name}[/]  ({escape(planned.label)}, seed {t.seed}; {where}{parts})")
         console.print("  hyperparameters: " + ", ".join(f"{k}={v}" for k, v in t.hyperparameters.items()),
                       highlight=False, markup=False)
         console.print(f"  {command}", highlight=False, soft_wrap=True, markup=False)
@@ -296,8 +327,9 @@ def _print_dry_run(plan, lines) -> None:
         shape = (f"{len(plan.trials)} trials x {next(iter(widths))} GPUs" if len(widths) == 1 else
                  f"{len(plan.trials)} trials (" + ", ".join(f"{n} x {g} GPUs" for g, n in sorted(widths.items()))
                  + ")")
-        console.print(f"\n[bold]total[/]: {shape}, est. {total:,.0f} A100-hours (derived from tokens per step and "
-                      f"A100 throughput, not measured: docs/orchestration.md#cost)")
+        of = " of the cluster run (not the rehearsal)" if plan.rehearse else ""
+        console.print(f"\n[bold]total{of}[/]: {shape}, est. {total:,.0f} A100-hours (derived from tokens per step "
+                      f"and A100 throughput, not measured: docs/orchestration.md#cost)")
 
 
 def _preview_nodes(plan, nodes: Optional[int], cluster: Optional[Path], dry_run: bool) -> Optional[int]:

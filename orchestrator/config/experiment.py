@@ -266,16 +266,20 @@ def plan_experiment(spec: SweepSpec | CompareSpec | StudySpec, *, name: str | No
                     grid: Literal["listed", "full"] = "listed", baselines: str = "all", demo: bool = False,
                     max_concurrent: int | None = None, scheduler: Literal["fifo", "asha"] = "fifo",
                     grace_validations: int = 3, max_failures: int = 2, profile_settings: dict[str, Any] | None = None,
-                    spec_file: str = ""):
+                    spec_file: str = "", rehearse: bool = False):
     """The experiment a command describes; every choice is validated here, before any cluster work.
 
     ``max_concurrent=None`` fills the cluster: as many trials at once as its ``verl_slot``s allow.
+    ``rehearse``: the a100 experiment rehearsed on CPU (``orchestrator/rehearsal.py``): one fake GPU per trial.
     """
     from orchestrator.config.trial import trial_config
     from orchestrator.config.plan import ExperimentPlan, PlannedTrial, trial_name
 
     if profile not in ("local", "a100"):
         raise SpecError(f"unknown profile {profile!r}; valid: local, a100")
+    if rehearse and profile != "a100":
+        raise SpecError("--rehearse rehearses the a100 profile on this machine: give --profile a100 (the local "
+                        "profile runs here as it is)")
     if seeds < 1:
         raise SpecError(f"--seeds must be at least 1, got {seeds}")
     if max_concurrent is not None and max_concurrent < 1:
@@ -329,4 +333,5 @@ def plan_experiment(spec: SweepSpec | CompareSpec | StudySpec, *, name: str | No
         name=name or (f"{spec.name}-demo" if demo else spec.name), kind=spec.kind, spec=spec_file or spec.name,
         profile=profile, scale=scale, seeds=list(range(seeds)), steps=planned[0].trial.profile.steps,
         scheduler=scheduler, grace_validations=grace_validations, max_concurrent=max_concurrent,
-        max_failures=max_failures, slots_per_trial=max(t.nodes for t in planned), trials=planned)
+        max_failures=max_failures, slots_per_trial=1 if rehearse else max(t.nodes for t in planned),
+        rehearse=rehearse, trials=planned)

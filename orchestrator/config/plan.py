@@ -47,6 +47,7 @@ class ExperimentPlan(BaseModel):
         None, ge=1, description="trials at a time; None fills the cluster (as many as its verl_slots allow)")
     max_failures: int = Field(2, ge=0)
     slots_per_trial: int = Field(1, ge=1, description="verl_slots of the widest trial (one per node it spans)")
+    rehearse: bool = Field(False, description="an a100 experiment rehearsed on CPU (orchestrator/rehearsal.py)")
     trials: list[PlannedTrial]
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
@@ -55,10 +56,16 @@ class ExperimentPlan(BaseModel):
         """GPUs of the widest trial (a study mixes 8- and 16-GPU trials; see :func:`gpus_of` per trial)."""
         from orchestrator.scales import gpus_of
 
+        if self.rehearse:
+            return 1  # one fake GPU, as on the local profile
         return max(gpus_of(t.trial.profile) for t in self.trials)
 
     def trial(self, name: str) -> PlannedTrial:
         return next(t for t in self.trials if t.name == name)
+
+    def nodes_of(self, planned: PlannedTrial) -> int:
+        """The nodes (and ``verl_slot``s) a trial takes here: its profile's, or 1 in a rehearsal on this machine."""
+        return 1 if self.rehearse else planned.nodes
 
     @property
     def validations(self) -> int:
