@@ -96,6 +96,26 @@ def gpu_slots(config: dict[str, Any]) -> int:
     return total
 
 
+def slot_nodes(config: dict[str, Any]) -> int:
+    """Nodes with a ``verl_slot`` at the cluster's largest (what a trial spanning N nodes needs N of).
+
+    Counted like :func:`gpu_slots`: the head if it declares a slot, then every worker type with one at its
+    ``max_workers``, within the global ``max_workers``. With one slot per node (the rule) it equals the slots.
+    """
+    name = config.get("cluster_name", "<cluster config>")
+    prepared = _ray_prepare_and_validate(config, name)
+    head_slots, worker_types = _node_slots(prepared, name)
+    budget = prepared.get("max_workers")
+    total = 1 if head_slots else 0
+    for slots, max_workers in sorted(worker_types, reverse=True):
+        count = max_workers if budget is None else min(max_workers, budget)
+        if slots:
+            total += count
+        if budget is not None:
+            budget -= count
+    return total
+
+
 # --- Ray's validation ------------------------------------------------------------------------------------
 
 

@@ -47,12 +47,17 @@ class LiveTrials:
                 self._live.update(self.table())
 
     # the Rich side ----------------------------------------------------------------------------------------
+    def _concurrency(self) -> str:
+        if self.plan.max_concurrent is None:
+            return "as many at a time as the free verl_slots allow"
+        return f"at most {self.plan.max_concurrent} at a time"
+
     def table(self) -> Table:
         steps = self.plan.steps
         done = sum(r["state"] == "DONE" for r in self.rows.values())
         elapsed = time.monotonic() - self.started
         table = Table(title=f"{self.plan.name}: {done}/{len(self.rows)} trials done, {elapsed / 60:.1f} min "
-                            f"({self.plan.profile} profile, at most {self.plan.max_concurrent} at a time)",
+                            f"({self.plan.profile} profile, {self._concurrency()})",
                       title_justify="left")
         for column, justify in (("trial", "left"), ("seed", "right"), ("status", "left"), ("step", "right"),
                                 ("entropy", "right"), ("reward", "right"), ("Avg@k", "right"), ("Pass@k", "right"),

@@ -225,8 +225,8 @@ def group_rows(trials: list[TrialResult]) -> list[Row]:
 
 def order_rows(rows: list[Row], kind: str | None) -> list[Row]:
     """A comparison in Table 1's order (GRPO, Clip Higher, DAC, Entropy Adv., BAPO, SAPO, MASPO, then the
-    algorithms Table 1 leaves out); a sweep in the plan's order."""
-    if kind == "sweep":
+    algorithms Table 1 leaves out); a sweep or a study (its rows are '<part>: <setting>') in the plan's order."""
+    if kind in ("sweep", "study"):
         return list(rows)
     rank = {name: i for i, name in enumerate(TABLE1_ORDER)}
     return sorted(rows, key=lambda row: rank.get(row.algorithm, len(rank)))  # stable: plan order within ties
@@ -546,7 +546,8 @@ def table(results: Results, paper: bool = False):
     t = Table(title=f"{rehearsal}{plan.name}: A = Avg@{k}, P = Pass@{k} (%), {ESTIMATOR_NAMES[estimator]}, per set; "
                     f"mean over {len(plan.seeds)} seed(s) at {results.checkpoint()}; best in bold, second underlined",
               title_justify="left")
-    t.add_column("method" if plan.kind == "compare" else plan.trials[0].trial.algorithm, no_wrap=True)
+    t.add_column({"compare": "method", "study": "part: setting"}.get(plan.kind, plan.trials[0].trial.algorithm),
+                 no_wrap=True)
     for source in [*results.sources, "average"]:
         t.add_column(f"{PAPER_NAMES.get(source, source)}\nA / P", justify="right")
     t.add_column(f"Average\nP {other}", justify="right")

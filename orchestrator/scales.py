@@ -41,8 +41,31 @@ FORWARDED_ENV_PREFIXES = ("NCCL_", "GLOO_SOCKET_IFNAME", "HF_HOME", "HF_HUB_OFFL
 
 
 @dataclass(frozen=True)
+class ModelShape:
+    """The numbers of a model's Hugging Face ``config.json`` (and its safetensors size) that its cost needs."""
+
+    params: float  # every parameter, as stored (the bf16 weights are 2 bytes each)
+    layers: int  # num_hidden_layers
+    hidden: int  # hidden_size
+    heads: int  # num_attention_heads
+    kv_heads: int  # num_key_value_heads (grouped-query attention)
+    head_dim: int  # hidden_size / num_attention_heads
+    vocab: int  # vocab_size
+
+    @property
+    def matmul_params(self) -> float:
+        """Parameters that take part in a matmul per token: all but the input embedding (a lookup)."""
+        return self.params - self.vocab * self.hidden
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """bf16 K and V of one token in every layer: what vLLM's KV cache holds per token."""
+        return 2 * self.layers * self.kv_heads * self.head_dim * 2
+
+
+@dataclass(frozen=True)
 class ScalePreset:
-    """What changes with the model size. ``seconds_per_step`` is an assumption, see :func:`gpu_hours`."""
+    """What changes with the model size; the cost of a trial follows from it (:func:`estimate_cost`)."""
 
     model: str  # Hugging Face id (a local path can replace it through A100Profile.model_path)
     lr: float  # Table 4
@@ -50,25 +73,18 @@ class ScalePreset:
     rollout_tp: int  # vLLM tensor parallel size
     gpu_memory_utilization: float  # vLLM's share of each GPU while it generates (freed for training)
     ppo_max_token_len_per_gpu: int  # token budget of one dynamic micro-batch (actor update and log-probs)
-    seconds_per_step: float
+    shape: ModelShape
 
 
-# seconds_per_step: an ASSUMPTION, not a measurement (nobody has run this profile yet). Back-of-envelope for
-# one step = 512 prompts x 16 responses, mean response ~4,000 tokens (R1-distilled models run long at a
-# 7,168 cap), i.e. ~34M tokens per step:
-#   rollout  = tokens / (GPUs x vLLM decode throughput per GPU), assumed 6,000 / 2,000 / 1,000 tokens/s
-#              for 1.5B (TP1) / 7B (TP2) / 14B (TP4), plus ~30% for the long tail of the longest responses;
-#   training = ~10 x parameters x tokens FLOPs (old log-probs forward, update forward + backward with
-#              gradient checkpointing) at ~35% of the A100's 312 bf16 TFLOP/s;
-# giving ~1,500 s (1.5B, 8 GPUs), ~5,600 s (7B, 8 GPUs), ~5,600 s (14B, 16 GPUs). The defaults below are
-# rounded up (rollout stragglers, checkpoint saves, validation every 20 steps with 32 samples per problem),
-# which puts the 1.5B figure at the order of magnitude of DeepScaleR-1.5B-Preview's reported 3,800 A100-hours
-# (Luo et al. 2025; fewer, shorter-context responses per step, older verl). Replace them with measured
-# `timing_s/step` values once a first run exists.
+# The three DeepSeek-R1-Distill-Qwen models (Qwen2.5 architecture), from their config.json on the Hub; params is
+# the size the Hub shows for their safetensors (1.78B, 7.62B, 14.8B).
 SCALE_PRESETS: dict[str, ScalePreset] = {
-    "1.5b": ScalePreset("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", 1.0e-6, 8, 1, 0.7, 32768, 2400.0),
-    "7b": ScalePreset("deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", 4.63e-7, 8, 2, 0.6, 16384, 7200.0),
-    "14b": ScalePreset("deepseek-ai/DeepSeek-R1-Distill-Qwen-14B", 3.27e-7, 16, 4, 0.6, 16384, 7200.0),
+    "1.5b": ScalePreset("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", 1.0e-6, 8, 1, 0.7, 32768,
+                        ModelShape(1.78e9, 28, 1536, 12, 2, 128, 151936)),
+    "7b": ScalePreset("deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", 4.63e-7, 8, 2, 0.6, 16384,
+                      ModelShape(7.62e9, 28, 3584, 28, 4, 128, 152064)),
+    "14b": ScalePreset("deepseek-ai/DeepSeek-R1-Distill-Qwen-14B", 3.27e-7, 16, 4, 0.6, 16384,
+                       ModelShape(14.8e9, 48, 5120, 40, 8, 128, 152064)),
 }
 
 _FROM_SCALE = ("lr", "rollout_tp", "gpu_memory_utilization", "ppo_max_token_len_per_gpu")
@@ -169,18 +185,159 @@ def gpus_of(profile: Any) -> int:
     return profile.gpus_per_trial if isinstance(profile, A100Profile) else 1
 
 
-def gpu_hours(profile: A100Profile, steps: int | None = None, seconds_per_step: float | None = None) -> float:
-    """Estimated A100-hours of one trial: GPUs x steps x seconds per step / 3600.
+# --------------------------------------------------------------------------------------------------------
+# What a trial costs: seconds per step from tokens per step and A100 throughput (docs/orchestration.md#cost)
+#
+# Nobody has run this profile yet, so the cost is DERIVED, not measured: the tokens a step moves, divided by what
+# an A100 80GB does with them. Every number below is a named constant with its source or the reason for its value;
+# none was fitted to a total. Once a run exists, pass its measured `timing_s/step` to gpu_hours instead.
+#
+# Per training step (train_batch_size prompts x n_samples responses; verl's synchronous PPO loop, so the phases add):
+#   rollout   vLLM generates prompts x G x MEAN_RESPONSE_TOKENS tokens. Decode is a roofline per vLLM engine
+#             (rollout_tp GPUs): a decode step reads the weights once plus the KV cache of every running sequence
+#             (memory time) and does 2 x matmul params + attention FLOPs per sequence (compute time); the batch is
+#             what the KV cache holds (gpu_memory_utilization of each GPU, less the weights and a reserve) at the
+#             mean context; the step takes the longer of the two times at the achieved fractions below. Then the
+#             last response still running decodes alone up to max_response_length (the long tail).
+#   training  FSDP: 6 x params x tokens FLOPs for the update's forward and backward (plus attention), and 2 x params
+#             x tokens for the old log-probs' forward (verl recomputes them; with beta_KL = 0 there is no reference
+#             model, so no ref forward), at TRAIN_MFU of the A100's 312 TFLOP/s.
+#   overhead  STEP_OVERHEAD_S per step: resharding FSDP weights into vLLM, rewards (math_verify), bookkeeping.
+# Per validation (before training, every test_freq steps, at the end): the six benchmarks x val_n samples,
+# generated like a rollout, plus a checkpoint save (verl saves at every validation here).
 
-    ``steps`` defaults to the profile's; ``seconds_per_step`` to the scale's ASSUMED figure
-    (:data:`SCALE_PRESETS`, derivation in the comment above it: not a measurement). Pass a measured
-    ``timing_s/step`` to get a real estimate.
+A100_BF16_FLOPS = 312e12  # dense bf16 tensor-core peak, NVIDIA A100 datasheet
+A100_HBM_BYTES_PER_S = 2.039e12  # A100 80GB SXM HBM2e bandwidth, NVIDIA A100 datasheet
+A100_MEMORY_BYTES = 80 * 2**30  # what torch.cuda.mem_get_info reports as total, the base of gpu_memory_utilization
+TRAIN_MFU = 0.40
+# ^ Model-FLOPs utilisation of the FSDP update, recompute of full gradient checkpointing included. IBM's fms-fsdp
+#   (PyTorch FSDP, A100 80GB) reports 0.57 MFU for a 7B model with selective checkpointing and, for 13B with full
+#   activation checkpointing, 1,600 tokens/s/GPU, i.e. 6 x 13e9 x 1600 / 312e12 = 0.40; verl users report
+#   perf/mfu/actor around 0.5 on one node (verl issue #2579). RL micro-batches are dynamic and unevenly packed,
+#   so we take the full-checkpointing figure, 0.40, for every scale.
+DECODE_BANDWIDTH_EFFICIENCY = 0.5
+# ^ Fraction of the HBM roofline a vLLM decode step achieves. A single-request decode of an 8B model on an A100
+#   runs at ~77% of its bandwidth ceiling (vLLM 0.23 sweep, johnmusgrave.com "vLLM throughput-latency sweep on
+#   NVIDIA A100"); at hundreds of sequences paged attention over long KV does worse, hence one half.
+DECODE_COMPUTE_EFFICIENCY = 0.5  # fraction of 312 TFLOP/s in a large decode batch (same reasoning)
+VLLM_RESERVED_BYTES = 3 * 2**30  # per GPU inside vLLM's share: activations, CUDA graphs, sampler buffers
+VLLM_MAX_NUM_SEQS = 1024  # verl's rollout.max_num_seqs default: sequences one engine runs at once, at most
+MEAN_PROMPT_TOKENS = 200  # a DAPO-Math-17k problem in the chat template with its instruction (~100-300 tokens)
+MEAN_RESPONSE_TOKENS = 4500
+# ^ R1-distilled models write long chains of thought and hit an 8k cap often: DeepScaleR's 8K-context phase with
+#   DeepSeek-R1-Distill-Qwen-1.5B went from ~5,500 to ~3,500 tokens per response (Luo et al. 2025, blog); we take
+#   the middle for every scale and for validation (temperature 0.6), capped by max_response_length.
+STEP_OVERHEAD_S = 60.0  # per step: weight resharding to vLLM, math_verify rewards, metrics (an estimate)
+CHECKPOINT_BYTES_PER_PARAM = 14  # fp32 weights (4) + Adam moments (8) + bf16 HF copy (2)
+CHECKPOINT_WRITE_BYTES_PER_S = 2e9  # shared storage, one writer per rank, aggregate (an estimate)
+# the validation sets' sizes (rows of `maspo data prepare`'s parquet files; docs/algorithms.md)
+VALIDATION_PROBLEMS = {"aime24": 30, "aime25": 30, "amc23": 40, "math500": 500, "minerva": 272, "olympiad": 675}
+
+
+@dataclass(frozen=True)
+class DecodeRate:
+    """One vLLM engine's decode at a given context: batch, step time, tokens/s per GPU."""
+
+    batch: float
+    step_s: float
+    tokens_per_s_per_gpu: float
+    memory_bound: bool
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """The derived cost of one trial on the a100 profile (every time in seconds of the trial's wall clock)."""
+
+    gpus: int
+    steps: int
+    validations: int
+    rollout_tokens_per_step: float
+    train_tokens_per_step: float
+    rollout_s: float
+    train_s: float
+    overhead_s: float
+    validation_s: float  # one validation, generation and checkpoint
+    decode: DecodeRate
+
+    @property
+    def seconds_per_step(self) -> float:
+        return self.rollout_s + self.train_s + self.overhead_s
+
+    @property
+    def wall_hours(self) -> float:
+        return (self.steps * self.seconds_per_step + self.validations * self.validation_s) / 3600.0
+
+    @property
+    def gpu_hours(self) -> float:
+        return self.gpus * self.wall_hours
+
+
+def decode_rate(profile: A100Profile, context: float, sequences_per_engine: float) -> DecodeRate:
+    """The roofline of one vLLM engine (``rollout_tp`` GPUs) decoding sequences of mean length ``context``."""
+    shape, tp = profile.preset.shape, profile.rollout_tp
+    weights = 2.0 * shape.params
+    kv_budget = tp * (profile.gpu_memory_utilization * A100_MEMORY_BYTES - VLLM_RESERVED_BYTES) - weights
+    if kv_budget <= 0:
+        raise ValueError(f"{shape.params / 1e9:.1f}B weights do not fit vLLM's share of {tp} GPU(s)")
+    batch = max(1.0, min(kv_budget / (shape.kv_bytes_per_token * context), sequences_per_engine, VLLM_MAX_NUM_SEQS))
+    memory_s = (weights + batch * context * shape.kv_bytes_per_token) / (tp * A100_HBM_BYTES_PER_S
+                                                                          * DECODE_BANDWIDTH_EFFICIENCY)
+    flops_per_token = 2 * shape.matmul_params + 4 * shape.layers * context * shape.heads * shape.head_dim
+    compute_s = batch * flops_per_token / (tp * A100_BF16_FLOPS * DECODE_COMPUTE_EFFICIENCY)
+    step_s = max(memory_s, compute_s)
+    return DecodeRate(batch, step_s, batch / step_s / tp, memory_s >= compute_s)
+
+
+def generation_seconds(profile: A100Profile, sequences: int, response_tokens: float) -> float:
+    """Wall time of generating ``sequences`` responses of mean length ``response_tokens`` on the trial's GPUs."""
+    engines = profile.gpus_per_trial // profile.rollout_tp
+    context = MEAN_PROMPT_TOKENS + response_tokens / 2  # a response's KV grows from the prompt to its end
+    rate = decode_rate(profile, context, sequences / engines)
+    bulk = sequences * response_tokens / (rate.tokens_per_s_per_gpu * profile.gpus_per_trial)
+    tail = profile.max_response_length * decode_rate(profile, context, 1).step_s  # the last one decodes alone
+    return bulk + tail
+
+
+def estimate_cost(profile: A100Profile, steps: int | None = None) -> CostEstimate:
+    """The derived cost of one trial of ``profile`` (``steps`` defaults to the profile's); see the notes above."""
+    p, shape = profile, profile.preset.shape
+    steps = p.steps if steps is None else steps
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    response = min(MEAN_RESPONSE_TOKENS, p.max_response_length)
+    prompt = min(MEAN_PROMPT_TOKENS, p.max_prompt_length)
+    sequences = p.train_batch_size * p.n_samples
+    rollout_s = generation_seconds(p, sequences, response)
+    length = prompt + response
+    tokens = sequences * length
+    attention = 2 * shape.layers * (length / 2) * shape.heads * shape.head_dim  # forward FLOPs per token, causal
+    update = 6 * shape.matmul_params + 3 * attention  # forward + backward
+    old_log_prob = 2 * shape.matmul_params + attention  # one more forward
+    train_s = (update + old_log_prob) * tokens * p.ppo_epochs / (p.gpus_per_trial * A100_BF16_FLOPS * TRAIN_MFU)
+    val_sequences = sum(VALIDATION_PROBLEMS.values()) * p.val_n
+    checkpoint_s = shape.params * CHECKPOINT_BYTES_PER_PARAM / CHECKPOINT_WRITE_BYTES_PER_S
+    validation_s = generation_seconds(p, val_sequences, response) + checkpoint_s
+    validations = 1 + len({s for s in range(1, steps + 1) if s % p.test_freq == 0 or s == steps})
+    return CostEstimate(
+        gpus=p.gpus_per_trial, steps=steps, validations=validations, rollout_tokens_per_step=sequences * response,
+        train_tokens_per_step=tokens, rollout_s=rollout_s, train_s=train_s, overhead_s=STEP_OVERHEAD_S,
+        validation_s=validation_s,
+        decode=decode_rate(p, prompt + response / 2, sequences / (p.gpus_per_trial // p.rollout_tp)))
+
+
+def gpu_hours(profile: A100Profile, steps: int | None = None, seconds_per_step: float | None = None) -> float:
+    """Estimated A100-hours of one trial.
+
+    Without ``seconds_per_step``: the derived estimate (:func:`estimate_cost`: steps, validations and checkpoints).
+    With it (e.g. a measured verl ``timing_s/step``): GPUs x steps x seconds per step / 3600, nothing added.
+    ``steps`` defaults to the profile's.
     """
     steps = profile.steps if steps is None else steps
-    seconds = profile.preset.seconds_per_step if seconds_per_step is None else seconds_per_step
-    if steps < 0 or seconds < 0:
-        raise ValueError(f"steps and seconds_per_step must be >= 0, got {steps} and {seconds}")
-    return profile.gpus_per_trial * steps * seconds / 3600.0
+    if seconds_per_step is None:
+        return estimate_cost(profile, steps).gpu_hours
+    if steps < 0 or seconds_per_step < 0:
+        raise ValueError(f"steps and seconds_per_step must be >= 0, got {steps} and {seconds_per_step}")
+    return profile.gpus_per_trial * steps * seconds_per_step / 3600.0
 
 
 def checkpoint_dir(profile: A100Profile, trial_hash: str) -> Path:

@@ -5,9 +5,15 @@ Each Tune trial is a CPU-only controller (:func:`trial_controller`) that submits
 (docs/orchestration.md: verl inside a Tune placement group deadlocks or leaks placement groups).
 
 Concurrency is a counting semaphore in Ray's own scheduler: every GPU node declares the custom resource
-``verl_slot`` (one per 8 GPUs on the cluster; one per fake GPU on the local profile) and every trial asks for
-the slots its verl run needs, so surplus trials wait in Tune as PENDING instead of holding a Ray Job whose
-placement group cannot be placed.
+``verl_slot`` (one per 8 GPUs on the cluster; one per fake GPU on the local profile) and a trial of N nodes holds
+one slot on each of N different nodes (a STRICT_SPREAD placement group of N ``{verl_slot: 1}`` bundles, the
+controller's CPU share in the first), so surplus trials wait in Tune instead of holding a Ray Job whose placement
+groups cannot be placed. The slots are only a reservation: the verl job is a Ray Job outside that group and
+takes the GPUs with its own placement groups (one STRICT_PACK group per node); as every node has one slot and
+8 GPUs, the slots held never exceed the nodes whose GPUs are free for the jobs that hold them.
+
+By default an experiment fills the cluster: trials start in :func:`orchestrator.schedule.start_order` (widest,
+then longest first) as long as they fit the free slots (:class:`orchestrator.admission.SlotAdmission`); ``--max-concurrent`` caps it.
 
 Failure handling is Ray's and verl's: ``FailureConfig(max_failures)`` re-runs a failed controller, which
 resubmits the job; the job resumes from the trial's last verl checkpoint (``trainer.resume_mode=auto`` in a
@@ -34,6 +40,9 @@ from orchestrator.store import ExperimentDir, resume_point, summary
 from orchestrator.verl_bridge.patches import install_driver_patches
 
 SLOT_RESOURCE = "verl_slot"
+CONTROLLER_CPU = 0.01  # a trial controller polls a job and tails a file
+LOCAL_TRIAL_MEMORY_GIB = 5.0  # peak of one local-profile trial (verl on CPU with the tiny model), measured
+LOCAL_TRIAL_CORES = 1.0
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -75,8 +84,11 @@ def trial_controller(config: dict) -> None:
     stop_jobs(client, identity)  # a restored trial's previous job may still run (its controller was killed)
     submission_id = f"{planned.name}-a{attempt}-{uuid.uuid4().hex[:6]}"
     status["attempts"].append({"attempt": attempt, "submission_id": submission_id, "started": time.time(),
-                               "resumed_from_step": resumed_from, "ended": None, "job_status": "PENDING"})
-    status.update(state="running", gpus=plan.gpus_per_trial)
+                               "resumed_from_step": resumed_from, "ended": None, "job_status": "PENDING",
+                               "slot_nodes": _slot_nodes()})
+    from orchestrator.scales import gpus_of
+
+    status.update(state="running", gpus=1 if plan.rehearse else gpus_of(planned.trial.profile))
     files.write_status(status)
 
     drilled = should_drill(plan, planned, attempt)  # a rehearsal stops its first trial once, after a checkpoint
@@ -101,6 +113,19 @@ def trial_controller(config: dict) -> None:
     if job_status != "SUCCEEDED":
         log_tail = _last_lines(attempt_dir / "job.log", 5)
         raise TrialJobFailed(f"verl job {submission_id} ended {job_status}; log: {attempt_dir / 'job.log'}\n{log_tail}")
+
+
+def _slot_nodes() -> list[str]:
+    """The nodes whose ``verl_slot`` this trial holds (its placement group's bundles), for the record."""
+    try:
+        import ray
+
+        pg = ray.util.get_current_placement_group()
+        if pg is None:
+            return []
+        return list(ray.util.placement_group_table(pg)["bundles_to_node_id"].values())
+    except Exception:  # noqa: BLE001 (a record, never a reason to fail a trial)
+        return []
 
 
 def _import_object(path: str):
@@ -135,11 +160,33 @@ def _last_lines(path: Path, n: int) -> str:
 # the experiment (runs in the CLI process)
 
 
+def trial_placement(nodes: int):
+    """What a trial of ``nodes`` nodes reserves: one ``verl_slot`` on each of that many different nodes."""
+    from ray.tune import PlacementGroupFactory
+
+    bundles = [{"CPU": CONTROLLER_CPU, SLOT_RESOURCE: 1}] + [{SLOT_RESOURCE: 1} for _ in range(nodes - 1)]
+    return PlacementGroupFactory(bundles, strategy="STRICT_SPREAD")
+
+
+class TrialResources:
+    """Tune's per-trial resource callable: the trial's placement (:func:`trial_placement`), by trial name."""
+
+    def __init__(self, nodes_of: dict[str, int]):
+        self.nodes_of = dict(nodes_of)
+
+    def __call__(self, config: dict):
+        return trial_placement(self.nodes_of.get(config["trial"], 1))
+
+
 def build_tuner(plan: ExperimentPlan, exp_dir: Path, callbacks=(), poll_s: float = 1.0, restore: bool = False,
                 renderer: str | None = None):
     from ray import tune
 
-    trainable = tune.with_resources(trial_controller, {"CPU": 0.01, SLOT_RESOURCE: plan.slots_per_trial})
+    from orchestrator.admission import SlotAdmission
+    from orchestrator.schedule import start_order
+
+    nodes_of = {t.name: plan.nodes_of(t) for t in plan.trials}
+    trainable = tune.with_resources(trial_controller, TrialResources(nodes_of))
     if restore:
         return tune.Tuner.restore(str((exp_dir / "tune").resolve()), trainable=trainable, resume_unfinished=True,
                                   resume_errored=True)
@@ -151,14 +198,15 @@ def build_tuner(plan: ExperimentPlan, exp_dir: Path, callbacks=(), poll_s: float
             stop_last_trials=False)  # a trial at its last validation ends with its job, not stopped by ASHA
     param_space = {
         "experiment_dir": str(exp_dir.resolve()),
-        "trial": tune.grid_search([t.name for t in plan.trials]),
+        "trial": tune.grid_search([t.name for t in start_order(plan)]),
         "poll_s": poll_s,
         "renderer": renderer,
     }
     return tune.Tuner(
         trainable,
         param_space=param_space,
-        tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=plan.max_concurrent,
+        tune_config=tune.TuneConfig(scheduler=scheduler,
+                                    search_alg=SlotAdmission(nodes_of, max_concurrent=plan.max_concurrent or 0),
                                     trial_name_creator=lambda t: t.config["trial"],
                                     trial_dirname_creator=lambda t: t.config["trial"]),
         run_config=tune.RunConfig(
@@ -175,6 +223,41 @@ def slots_available() -> int:
     return int(ray.cluster_resources().get(SLOT_RESOURCE, 0))
 
 
+def slot_nodes() -> list[int]:
+    """``verl_slot``s declared by each live node of the cluster (nodes without one left out)."""
+    import ray
+
+    return [int(n["Resources"].get(SLOT_RESOURCE, 0)) for n in ray.nodes()
+            if n.get("Alive") and n["Resources"].get(SLOT_RESOURCE, 0) >= 1]
+
+
+def check_slots(plan: ExperimentPlan, per_node: list[int], address: str | None) -> None:
+    """Refuse a cluster on which the widest trial can never start: it needs a slot on each of N different nodes."""
+    total = sum(per_node)
+    widest = max(plan.trials, key=plan.nodes_of)
+    nodes = plan.nodes_of(widest)
+    if total < 1:
+        raise UserError(f"the Ray cluster at {address} declares no '{SLOT_RESOURCE}' resource, so no trial can "
+                        f"start; start its GPU nodes with --resources='{{\"{SLOT_RESOURCE}\": 1}}' per 8 GPUs "
+                        f"(see cluster/)")
+    if len(per_node) < nodes:
+        raise UserError(f"the Ray cluster at {address} has {total} '{SLOT_RESOURCE}'(s) in total but only "
+                        f"{len(per_node)} node(s) with one; trial {widest.name} spans {nodes} nodes and needs "
+                        f"a slot on each of {nodes} different nodes (one slot per 8-GPU node, see cluster/)")
+
+
+def local_slots(cpus: int | None = None, available_bytes: int | None = None) -> int:
+    """How many local-profile trials this machine runs at once: one per core and per 5 GiB free, at least 1."""
+    if cpus is None:
+        cpus = os.cpu_count() or 1
+    if available_bytes is None:
+        import psutil
+
+        available_bytes = psutil.virtual_memory().available
+    by_memory = int(available_bytes / (LOCAL_TRIAL_MEMORY_GIB * 2**30))
+    return max(1, min(int(cpus / LOCAL_TRIAL_CORES), by_memory))
+
+
 def run_experiment(plan: ExperimentPlan, exp_dir: Path, console, *, address: str | None = None,
                    restore: bool = False, poll_s: float = 1.0, renderer: str | None = None) -> int:
     """Start (or join) Ray, run the Tune experiment with a live table, return a process exit code."""
@@ -188,7 +271,7 @@ def run_experiment(plan: ExperimentPlan, exp_dir: Path, console, *, address: str
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     live = LiveTrials(plan, exp_dir, console)
     if (plan.profile == "local" or plan.rehearse) and address is None:
-        slots = plan.max_concurrent * plan.slots_per_trial
+        slots = (plan.max_concurrent or local_slots()) * plan.slots_per_trial
         cluster = LocalRayCluster(num_cpus=16 * slots, num_gpus=slots, log_dir=exp_dir,
                                   resources={SLOT_RESOURCE: slots})
     else:
@@ -210,11 +293,7 @@ def run_experiment(plan: ExperimentPlan, exp_dir: Path, console, *, address: str
         from orchestrator.cluster import terminate_as_interrupt
 
         terminate_as_interrupt()  # again: ray.init installs Ray's own SIGTERM handler (which just dies)
-        free = slots_available()
-        if free < plan.slots_per_trial:
-            raise UserError(f"the Ray cluster at {address} declares {free} '{SLOT_RESOURCE}' resources but "
-                                 f"a trial needs {plan.slots_per_trial}; start its GPU nodes with "
-                                 f"--resources='{{\"{SLOT_RESOURCE}\": 1}}' per 8 GPUs (see cluster/)")
+        check_slots(plan, slot_nodes(), address)
         if plan.rehearse:
             quiet_resume_drills()
         tuner = build_tuner(plan, exp_dir, poll_s=poll_s, restore=restore, renderer=renderer)

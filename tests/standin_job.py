@@ -1,49 +1,106 @@
 """A stand-in for verl's ``main_ppo`` in orchestration tests: it takes GPUs the way verl does and logs like verl.
 
-verl builds its own STRICT_PACK placement group of ``{"GPU": 1}`` bundles and waits for it with no timeout;
-this stand-in does the same with a timeout, so a trial that started while its GPUs were taken fails
-(exit 3) instead of hanging. It writes verl's JSONL records (``{"step": s, "data": {...}}``) to
-``$VERL_FILE_LOGGER_PATH`` and a ledger (node, start and end times) beside them for the test to check.
+verl builds its own placement groups, ONE PER NODE: ``STRICT_PACK`` groups of ``{"GPU": 1}`` bundles (8 per node
+here), and waits for them with no timeout; this stand-in does the same with a timeout, so a trial that started
+while its GPUs were taken fails (exit 3) instead of hanging. (verl's bundles also carry 3 CPUs each; the fake
+nodes of the tests have fewer CPUs than that, so the stand-in asks for GPUs only.) It writes verl's JSONL records
+(``{"step": s, "data": {...}}``) to ``$VERL_FILE_LOGGER_PATH`` and a ledger (the nodes of its GPU groups, start
+and end times) beside them for the test to check. It imports Ray and nothing heavier (no torch, no verl).
 
 With ``STANDIN_RENDEZVOUS`` (a directory shared by all the jobs of a test) the first jobs wait, GPUs held, until
 two of them hold their GPUs at the same time, then write ``met`` there and go on; a job that waits longer than
 ``STANDIN_RENDEZVOUS_S`` (default 300) for a second one fails (exit 4). Later jobs see ``met`` and do not wait.
 So a test can require that the cluster ran two trials in parallel without counting on the timing of the jobs.
+If the directory has a subdirectory named like the job's experiment, that one is used, and a file ``need`` in it
+sets how many jobs must meet (default 2): tests sharing one cluster keep their rendezvous apart.
+
+Run time: ``STANDIN_SECONDS`` for every trial, or, with ``STANDIN_SECONDS_PER_HOUR`` (the benchmark's time
+compression), the trial's estimated wall hours on the a100 profile (:func:`orchestrator.scales.estimate_cost`)
+times that, times a per-trial log-normal factor (``STANDIN_NOISE``, its sigma; ``STANDIN_NOISE_SEED``).
+Quality: validation Avg@k grows as ``final * (1 - exp(-3 t))`` over the run's fraction t, with
+``STANDIN_FINAL_BY_LABEL`` (JSON, label -> final value) and ``STANDIN_CURVE_NOISE`` (Gaussian, per validation);
+otherwise it is linear in the step at ``STANDIN_QUALITY_BASE / (1 + seed)`` per step. Validations are logged every
+``test_freq`` steps (and at step 0 and the last step) with ``STANDIN_VALIDATE_AT_TEST_FREQ``, else every step.
+
+The ``STANDIN_*`` settings come from the environment of the Ray nodes (the trial controllers render the job), and
+an experiment directory's ``standin.json`` (name -> value) overrides them for that experiment only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
+import random
 import sys
 import time
 from pathlib import Path
 
 
+def settings(trial_dir: Path | None = None) -> dict[str, str]:
+    """The ``STANDIN_*`` settings: the environment's, overridden by the experiment's ``standin.json``."""
+    found = {k: v for k, v in os.environ.items() if k.startswith("STANDIN_")}
+    if trial_dir is not None:
+        override = Path(trial_dir).parent.parent / "standin.json"  # <experiment>/trials/<trial>
+        if override.is_file():
+            found.update({k: str(v) for k, v in json.loads(override.read_text()).items()})
+    return found
+
+
+def _noise_factor(name: str, env: dict[str, str]) -> float:
+    sigma = float(env.get("STANDIN_NOISE", "0"))
+    if not sigma:
+        return 1.0
+    seed = f"{env.get('STANDIN_NOISE_SEED', '0')}:{name}"
+    rng = random.Random(int(hashlib.sha256(seed.encode()).hexdigest()[:12], 16))
+    return math.exp(rng.gauss(0.0, sigma) - sigma * sigma / 2)  # mean 1
+
+
+def seconds_of(planned, env: dict[str, str] | None = None) -> float:
+    """The stand-in's run time for a trial (see the module docstring)."""
+    from orchestrator.scales import A100Profile, estimate_cost
+
+    env = settings() if env is None else env
+    per_hour = env.get("STANDIN_SECONDS_PER_HOUR")
+    if per_hour is None or not isinstance(planned.trial.profile, A100Profile):
+        return float(env.get("STANDIN_SECONDS", "2"))
+    return estimate_cost(planned.trial.profile).wall_hours * float(per_hour) * _noise_factor(planned.name, env)
+
+
 def render(planned, plan, trial_dir: Path, attempt_dir: Path):
     """The renderer the trial controller calls instead of verl's (``renderer="tests.standin_job:render"``)."""
     from orchestrator.jobs import TrialJob
-
     from orchestrator.scales import gpus_of
 
-    gpus = 8 * plan.slots_per_trial if os.environ.get("STANDIN_A100") else gpus_of(planned.trial.profile)
+    given = settings(trial_dir)
+    nodes = planned.nodes
+    gpus = 8 * nodes if given.get("STANDIN_A100") else gpus_of(planned.trial.profile)
+    profile = planned.trial.profile
+    quality = str(float(given.get("STANDIN_QUALITY_BASE", "0.1")) / (1 + planned.trial.seed))
+    finals = json.loads(given.get("STANDIN_FINAL_BY_LABEL", "{}"))
     env = {"VERL_FILE_LOGGER_PATH": str(attempt_dir / "metrics.jsonl"), "STANDIN_GPUS": str(gpus),
-           "STANDIN_STEPS": str(planned.trial.profile.steps), "STANDIN_LEDGER": str(attempt_dir / "ledger.json"),
-           "STANDIN_SECONDS": os.environ.get("STANDIN_SECONDS", "2"),
-           "STANDIN_QUALITY": str(float(os.environ.get("STANDIN_QUALITY_BASE", "0.1")) / (1 + planned.trial.seed)), "PYTHONPATH": str(Path(__file__).parents[1])}
-    for name in ("STANDIN_RENDEZVOUS", "STANDIN_RENDEZVOUS_S"):
-        if name in os.environ:
-            env[name] = os.environ[name]
+           "STANDIN_NODES": str(nodes), "STANDIN_STEPS": str(profile.steps),
+           "STANDIN_TEST_FREQ": str(profile.test_freq), "STANDIN_LEDGER": str(attempt_dir / "ledger.json"),
+           "STANDIN_SECONDS": str(seconds_of(planned, given)), "STANDIN_QUALITY": quality,
+           "STANDIN_CURVE_SEED": f"{planned.name}", "PYTHONPATH": str(Path(__file__).parents[1])}
+    if planned.label in finals:
+        env["STANDIN_FINAL"] = str(finals[planned.label])
+    for name in ("STANDIN_RENDEZVOUS", "STANDIN_RENDEZVOUS_S", "STANDIN_CURVE_NOISE", "STANDIN_VALIDATE_AT_TEST_FREQ",
+                 "STANDIN_GPU_WAIT_S"):
+        if name in given:
+            env[name] = given[name]
     return TrialJob([], env, trial_dir, attempt_dir / "metrics.jsonl", module="tests.standin_job")
 
 
 def _meet(rendezvous: Path, me: str) -> bool:
-    """Wait (at most ``STANDIN_RENDEZVOUS_S``) until two jobs are in ``rendezvous`` at once; False if none came."""
+    """Wait (at most ``STANDIN_RENDEZVOUS_S``) until enough jobs are in ``rendezvous`` at once; False if none came."""
     deadline = time.monotonic() + float(os.environ.get("STANDIN_RENDEZVOUS_S", "300"))
+    need = int((rendezvous / "need").read_text()) if (rendezvous / "need").is_file() else 2
     (rendezvous / f"{me}.running").write_text(str(os.getpid()))
     while not (rendezvous / "met").exists():
         running = sorted(p.name.removesuffix(".running") for p in rendezvous.glob("*.running"))
-        if len(running) >= 2:
+        if len(running) >= need:
             tmp = rendezvous / f"met.{me}.tmp"
             tmp.write_text(json.dumps({"running": running, "by": me, "time": time.monotonic()}))
             os.replace(tmp, rendezvous / "met")
@@ -54,43 +111,65 @@ def _meet(rendezvous: Path, me: str) -> bool:
     return True
 
 
+def _quality(step: int, steps: int, rng: random.Random) -> float:
+    if "STANDIN_FINAL" in os.environ:
+        final, noise = float(os.environ["STANDIN_FINAL"]), float(os.environ.get("STANDIN_CURVE_NOISE", "0"))
+        return final * (1 - math.exp(-3 * step / max(1, steps))) + rng.gauss(0.0, noise)
+    return float(os.environ["STANDIN_QUALITY"]) * step  # seed s learns at 1 / (1 + s) of seed 0's rate
+
+
 def main() -> int:
     launched, launched_mono = time.time(), time.monotonic()  # the job's process is up (GPUs not yet taken)
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
     ray.init()
-    gpus, steps = int(os.environ["STANDIN_GPUS"]), int(os.environ["STANDIN_STEPS"])
-    pg = placement_group([{"GPU": 1}] * gpus, strategy="STRICT_PACK")
-    if not pg.wait(timeout_seconds=30):
+    gpus, nodes, steps = int(os.environ["STANDIN_GPUS"]), int(os.environ.get("STANDIN_NODES", "1")), \
+        int(os.environ["STANDIN_STEPS"])
+    per_node = gpus // nodes
+    # like verl's RayResourcePool: one STRICT_PACK group per node, each asked for before any is waited on
+    groups = [placement_group([{"GPU": 1}] * per_node, strategy="STRICT_PACK") for _ in range(nodes)]
+    wait_s = float(os.environ.get("STANDIN_GPU_WAIT_S", "30"))
+    if not all(pg.wait(timeout_seconds=wait_s) for pg in groups):
         print("GPUs were not free: the orchestrator oversubscribed them", file=sys.stderr)
         return 3
     start, start_mono = time.time(), time.monotonic()
-    node = ray.util.placement_group_table(pg)["bundles_to_node_id"][0]
+    gpu_nodes = [ray.util.placement_group_table(pg)["bundles_to_node_id"][0] for pg in groups]
     ledger = Path(os.environ["STANDIN_LEDGER"])
     me = f"{ledger.parents[2].name}-a{ledger.parent.name}"  # <trial>/attempts/<n>/ledger.json
     rendezvous = Path(os.environ["STANDIN_RENDEZVOUS"]) if os.environ.get("STANDIN_RENDEZVOUS") else None
+    if rendezvous is not None and (rendezvous / ledger.parents[4].name).is_dir():
+        rendezvous = rendezvous / ledger.parents[4].name  # <experiment>/trials/<trial>/attempts/<n>/ledger.json
     if rendezvous is not None and not _meet(rendezvous, me):
         print(f"no second job held its GPUs alongside {me} within {os.environ.get('STANDIN_RENDEZVOUS_S', '300')} s",
               file=sys.stderr)
         return 4
+    rng = random.Random(os.environ.get("STANDIN_CURVE_SEED", ""))
+    test_freq = int(os.environ.get("STANDIN_TEST_FREQ", "1")) if os.environ.get("STANDIN_VALIDATE_AT_TEST_FREQ") else 1
+    seconds = float(os.environ["STANDIN_SECONDS"])
+    paced_from = time.monotonic()  # after the rendezvous: the run time is the steps' own
     with open(os.environ["VERL_FILE_LOGGER_PATH"], "w") as log:
         for step in range(steps + 1):
-            q = float(os.environ["STANDIN_QUALITY"])  # seed s learns at 1 / (1 + s) of seed 0's rate
-            data = {"val-core/local_math500/acc/mean@4": q * step, "val-core/local_math500/acc/pass@4": 2 * q * step,
-                    "val-core/average/acc/mean@4": q * step, "val-core/average/acc/pass@4": 2 * q * step}
+            data = {}
+            if step % test_freq == 0 or step == steps:
+                q = _quality(step, steps, rng)
+                data.update({"val-core/local_math500/acc/mean@4": q, "val-core/local_math500/acc/pass@4": 2 * q,
+                             "val-core/average/acc/mean@4": q, "val-core/average/acc/pass@4": 2 * q})
             if step:
                 data["actor/entropy"] = 1.0 / step
             log.write(json.dumps({"step": step, "data": data}) + "\n")
             log.flush()
-            time.sleep(float(os.environ["STANDIN_SECONDS"]) / (steps + 1))
+            # sleep to the step's planned end, so the run time holds however slow the machine is
+            time.sleep(max(0.0, paced_from + seconds * (step + 1) / (steps + 1) - time.monotonic()))
     end, end_mono = time.time(), time.monotonic()
     if rendezvous is not None:
         (rendezvous / f"{me}.running").unlink()
     # *_mono: CLOCK_MONOTONIC, one clock for every process of the machine (unlike time.time, it never steps)
-    ledger.write_text(json.dumps({"node": node, "start": start, "end": end, "launched": launched,
-                                  "launched_mono": launched_mono, "start_mono": start_mono, "end_mono": end_mono}))
-    remove_placement_group(pg)
+    ledger.write_text(json.dumps({"node": gpu_nodes[0], "nodes": gpu_nodes, "gpus": gpus, "start": start, "end": end,
+                                  "launched": launched, "launched_mono": launched_mono, "start_mono": start_mono,
+                                  "end_mono": end_mono, "planned_s": seconds}))
+    for pg in groups:
+        remove_placement_group(pg)
     return 0
 
 

@@ -21,8 +21,8 @@ from omegaconf import OmegaConf
 
 from orchestrator.algorithms import names
 from orchestrator.scales import (
-    SCALE_PRESETS, A100Profile, a100_job_env, base_overrides, checkpoint_dir, gpu_hours, gpus_of,
-    missing_data_files, render_a100_overrides,
+    MEAN_PROMPT_TOKENS, MEAN_RESPONSE_TOKENS, SCALE_PRESETS, TRAIN_MFU, A100Profile, a100_job_env, base_overrides,
+    checkpoint_dir, estimate_cost, gpu_hours, gpus_of, missing_data_files, render_a100_overrides,
 )
 from orchestrator.verl_bridge.compose import actor_config_of, compose_trainer_config, validate_trainer_config
 
@@ -251,10 +251,39 @@ def test_the_profile_is_frozen_and_reads_its_storage_from_the_environment(monkey
 def test_gpu_hours_is_gpus_times_steps_times_seconds():
     p = A100Profile(scale="14b", steps=100)
     assert gpu_hours(p, seconds_per_step=36.0) == pytest.approx(16 * 100 * 36 / 3600)
-    assert gpu_hours(p) == pytest.approx(16 * 100 * SCALE_PRESETS["14b"].seconds_per_step / 3600)
+    assert gpu_hours(p) == pytest.approx(estimate_cost(p).gpu_hours)
     assert gpu_hours(A100Profile(scale="1.5b"), steps=500, seconds_per_step=3600) == pytest.approx(4000.0)
     with pytest.raises(ValueError):
         gpu_hours(p, steps=-1)
+
+
+def test_the_cost_is_derived_from_tokens_and_a100_throughput():
+    """The 7B step by hand, from the constants in orchestrator/scales.py (docs/orchestration.md#cost)."""
+    p = A100Profile(scale="7b")
+    c = estimate_cost(p)
+    shape = SCALE_PRESETS["7b"].shape
+    sequences, length = 512 * 16, MEAN_PROMPT_TOKENS + MEAN_RESPONSE_TOKENS
+    assert c.train_tokens_per_step == sequences * length and c.rollout_tokens_per_step == sequences * 4500
+    attention = 2 * 28 * (length / 2) * 28 * 128
+    flops = (8 * shape.matmul_params + 4 * attention) * sequences * length  # update 6N, old log-probs 2N
+    assert c.train_s == pytest.approx(flops / (8 * 312e12 * TRAIN_MFU))
+    # the KV cache of a TP2 engine holds a few hundred 2,450-token sequences; the step is memory-bound
+    assert 300 < c.decode.batch < 1024 and c.decode.memory_bound
+    assert c.rollout_s > sequences * 4500 / (8 * c.decode.tokens_per_s_per_gpu)  # plus the long tail
+    assert c.validations == 26  # before training, every 20 steps, and step 500 is one of them
+    assert c.gpu_hours == pytest.approx(8 * (500 * c.seconds_per_step + 26 * c.validation_s) / 3600)
+    # what the model says, in round numbers (docs/orchestration.md#cost): training dominates from 7B on
+    assert 2000 < c.train_s < 2600 and 600 < c.rollout_s < 1000
+    assert [round(estimate_cost(A100Profile(scale=s)).seconds_per_step, -2) for s in SCALES] == [900, 3100, 3700]
+
+
+def test_the_cost_follows_the_profile():
+    base = estimate_cost(A100Profile(scale="1.5b"))
+    assert estimate_cost(A100Profile(scale="1.5b", n_samples=8)).train_s == pytest.approx(base.train_s / 2)
+    assert estimate_cost(A100Profile(scale="1.5b", steps=250)).gpu_hours < 0.55 * base.gpu_hours
+    shorter = estimate_cost(A100Profile(scale="1.5b", max_response_length=2048, ppo_max_token_len_per_gpu=4096))
+    assert shorter.rollout_tokens_per_step == 512 * 16 * 2048  # the mean is capped by the maximum
+    assert estimate_cost(A100Profile(scale="14b")).gpus == 16
 
 
 def test_missing_data_files_lists_what_data_prepare_must_write(tmp_path):

@@ -90,6 +90,7 @@ def test_the_installed_wheel_finds_its_specs_and_dashboards_outside_a_checkout(i
         print(json.dumps({"package": orchestrator.__file__, "sweeps": str(resources.data_dir("sweeps")),
                           "dashboards": str(resources.dashboard_definition()), "specs": list(resources.spec_files()),
                           "alpha_beta": load_spec("alpha-beta").name, "compare": load_spec("compare").kind,
+                          "study_parts": len(load_spec("paper").parts),
                           "x": load_definition().x, "paper": str(PAPER_RESULTS), "paper_ok": PAPER_RESULTS.is_file(),
                           "fixture": str(resources.fixture_file("aime24")),
                           "fixture_ok": resources.fixture_file("aime24").is_file()}))
@@ -100,7 +101,8 @@ def test_the_installed_wheel_finds_its_specs_and_dashboards_outside_a_checkout(i
     for key in ("package", "sweeps", "dashboards", "paper", "fixture"):  # fixture: `maspo data prepare --fixtures`
         assert Path(found[key]).is_relative_to(installed), (key, found)
     assert found["fixture_ok"]
-    assert found["specs"] == ["alpha-beta", "compare"]
+    assert found["specs"] == ["alpha-beta", "compare", "paper"]
+    assert found["study_parts"] == 10  # the study's parts resolve their specs inside the wheel too
     assert (found["alpha_beta"], found["compare"], found["x"]) == ("alpha-beta", "compare", "training/global_step")
     assert found["paper_ok"]
 

@@ -145,6 +145,7 @@ class Estimator(str, Enum):
 MAX_SEEDS = 100  # seeds per setting; each is a full training run
 MAX_STEPS = 1_000_000
 MAX_CONCURRENT = 1024
+MAX_NODES = 10_000  # nodes of a previewed schedule
 MAX_SEED = 2**32 - 1  # numpy's and vLLM's seed range
 MAX_NAME_LENGTH = 128  # an experiment's or trial's name (a directory; file names stop at 255 bytes)
 
@@ -162,8 +163,12 @@ SeedsOpt = Annotated[int, typer.Option(
                                "mean and spread.")]
 StepsOpt = Annotated[Optional[int], typer.Option(
     min=1, max=MAX_STEPS, help="Training steps per trial (default: the profile's).")]
-MaxConcurrentOpt = Annotated[int, typer.Option(
-    min=1, max=MAX_CONCURRENT, help="Trials at a time (never more than the free GPU slots).")]
+MaxConcurrentOpt = Annotated[Optional[int], typer.Option(
+    min=1, max=MAX_CONCURRENT, help="Trials at a time. Default: fill the cluster, as many as its free verl_slots "
+                                    "allow (local profile: one per core and per 5 GiB of free memory).")]
+NodesOpt = Annotated[Optional[int], typer.Option(
+    min=1, max=MAX_NODES, help="With --dry-run: preview the schedule on this many 8-GPU nodes (makespan, lower "
+                               "bound, utilization); --cluster FILE gives its own node count.")]
 SchedulerOpt = Annotated[Scheduler, typer.Option(
     help="`fifo` runs every trial to the end; `asha` stops weak ones early (on the mean validation Avg@k).")]
 ExperimentNameOpt = Annotated[Optional[str], typer.Option(

@@ -14,9 +14,9 @@ import typer
 from rich.markup import escape
 
 from orchestrator.cli.common import (AddressOpt, ClusterOpt, DataOpt, DemoOpt, DryRunOpt, Estimator, ExperimentNameOpt,
-                                     Grid, MaxConcurrentOpt, MAX_STEPS, Profile, ProfileOpt, ProfileSetOpt, RehearseOpt,
-                                     ResumeOpt, RootOpt, Scale, ScaleOpt, Scheduler, SchedulerOpt, SeedsOpt, StepsOpt,
-                                     console, experiment_name, handles_user_errors, parse_assignments)
+                                     Grid, MaxConcurrentOpt, MAX_STEPS, NodesOpt, Profile, ProfileOpt, ProfileSetOpt,
+                                     RehearseOpt, ResumeOpt, RootOpt, Scale, ScaleOpt, Scheduler, SchedulerOpt, SeedsOpt,
+                                     StepsOpt, console, experiment_name, handles_user_errors, parse_assignments)
 from orchestrator.errors import UserError
 
 # profile settings a -P may not give: options of their own decide them
@@ -37,10 +37,11 @@ def sweep_command(
     scale: ScaleOpt = None,
     seeds: SeedsOpt = 1,
     steps: StepsOpt = None,
-    max_concurrent: MaxConcurrentOpt = 1,
+    max_concurrent: MaxConcurrentOpt = None,
     scheduler: SchedulerOpt = Scheduler.fifo,
     name: ExperimentNameOpt = None,
     dry_run: DryRunOpt = False,
+    nodes: NodesOpt = None,
     resume: ResumeOpt = False,
     demo: DemoOpt = False,
     address: AddressOpt = None,
@@ -50,14 +51,17 @@ def sweep_command(
     rehearse: RehearseOpt = False,
     data: DataOpt = None,
 ) -> None:
-    """Sweep one algorithm's hyperparameters (default: MASPO's alpha-beta study, paper section 5.3, Table 5).
+    """Sweep one algorithm's hyperparameters (default: MASPO's alpha-beta study, paper section 5.3, Table 5), or
+    run a study (e.g. `paper`: the paper's whole study, each part at its own scale).
 
     One Ray Tune experiment; each trial is a full verl training run submitted as a Ray Job. Ends with the results table (also: `maspo results NAME`).
     """
     plan = _plan("sweep", spec, name=name, profile=profile, scale=scale, seeds=seeds, steps=steps,
                  max_concurrent=max_concurrent, scheduler=scheduler, demo=demo, grid=grid, profile_set=profile_set,
                  rehearse=rehearse, data=data, root=root)
-    _launch(plan, dry_run=dry_run, address=_cluster_address(cluster, address, dry_run), root=root, resume=resume)
+    preview = _preview_nodes(plan, nodes, cluster, dry_run)
+    _launch(plan, dry_run=dry_run, address=_cluster_address(cluster, address, dry_run), root=root, resume=resume,
+            nodes=preview)
 
 
 @handles_user_errors
@@ -70,10 +74,11 @@ def compare_command(
     scale: ScaleOpt = None,
     seeds: SeedsOpt = 1,
     steps: StepsOpt = None,
-    max_concurrent: MaxConcurrentOpt = 1,
+    max_concurrent: MaxConcurrentOpt = None,
     scheduler: SchedulerOpt = Scheduler.fifo,
     name: ExperimentNameOpt = None,
     dry_run: DryRunOpt = False,
+    nodes: NodesOpt = None,
     resume: ResumeOpt = False,
     demo: DemoOpt = False,
     address: AddressOpt = None,
@@ -90,7 +95,9 @@ def compare_command(
     plan = _plan("compare", spec, name=name, profile=profile, scale=scale, seeds=seeds, steps=steps,
                  max_concurrent=max_concurrent, scheduler=scheduler, demo=demo, baselines=baselines,
                  profile_set=profile_set, rehearse=rehearse, data=data, root=root)
-    _launch(plan, dry_run=dry_run, address=_cluster_address(cluster, address, dry_run), root=root, resume=resume)
+    preview = _preview_nodes(plan, nodes, cluster, dry_run)
+    _launch(plan, dry_run=dry_run, address=_cluster_address(cluster, address, dry_run), root=root, resume=resume,
+            nodes=preview)
 
 
 @handles_user_errors
@@ -194,7 +201,7 @@ def _check_steps(steps: object, source: str) -> None:
 
 
 def _plan(kind: str, spec: str, *, name: Optional[str], profile: Profile, scale: Optional[Scale], seeds: int,
-          steps: Optional[int], max_concurrent: int, scheduler: Scheduler, demo: bool, grid: Grid = Grid.listed,
+          steps: Optional[int], max_concurrent: Optional[int], scheduler: Scheduler, demo: bool, grid: Grid = Grid.listed,
           baselines: str = "all", profile_set: list[str], rehearse: bool = False, data: Optional[Path] = None,
           root: Path = Path("runs")):
     """The experiment a ``sweep``/``compare`` command describes, every input checked (a UserError if not)."""
@@ -208,8 +215,9 @@ def _plan(kind: str, spec: str, *, name: Optional[str], profile: Profile, scale:
         raise UserError("--rehearse rehearses the a100 profile on this machine: give --profile a100 too")
     settings = profile_settings(profile_set)
     loaded = load_spec(spec)
-    if loaded.kind != kind:
-        raise UserError(f"{spec_path(spec)} is a {loaded.kind} spec; use `maspo {loaded.kind}`")
+    if loaded.kind != kind and not (kind == "sweep" and loaded.kind == "study"):
+        use = "sweep" if loaded.kind == "study" else loaded.kind
+        raise UserError(f"{spec_path(spec)} is a {loaded.kind} spec; use `maspo {use}`")
     if rehearse:
         from orchestrator.rehearsal import profile_settings as rehearsal_settings
 
@@ -225,7 +233,8 @@ def _plan(kind: str, spec: str, *, name: Optional[str], profile: Profile, scale:
     return plan
 
 
-def _launch(plan, *, dry_run: bool, address: Optional[str], root: Path, resume: bool = False) -> None:
+def _launch(plan, *, dry_run: bool, address: Optional[str], root: Path, resume: bool = False,
+            nodes: Optional[int] = None) -> None:
     from orchestrator.store import ExperimentDir
 
     experiment = ExperimentDir.named(plan.name, root)
@@ -238,6 +247,8 @@ def _launch(plan, *, dry_run: bool, address: Optional[str], root: Path, resume: 
 
             console.print(replaced_table(plan))
         _print_dry_run(plan, dry_run_lines(plan, root))
+        if nodes is not None:
+            _print_schedule(plan, nodes)
         return
     if root.exists() and not root.is_dir():
         raise UserError(f"--root {root} is not a directory")
@@ -258,8 +269,7 @@ def _launch(plan, *, dry_run: bool, address: Optional[str], root: Path, resume: 
 
         console.print(replaced_table(plan))
     console.print(f"[bold]{plan.name}[/]: {len(plan.trials)} trial(s) of verl on the {plan.profile} profile"
-                  f"{' (REHEARSED on CPU)' if plan.rehearse else ''}, "
-                  f"at most {plan.max_concurrent} at a time, {plan.steps} steps each"
+                  f"{' (REHEARSED on CPU)' if plan.rehearse else ''}, {_concurrency(plan)}, {plan.steps} steps each"
                   f"{', resuming' if resume else ''}. Outputs: {escape(str(exp_dir))}")
     code = run_experiment(plan, exp_dir, console, address=address, restore=resume)
     _print_results(exp_dir)
@@ -283,32 +293,83 @@ def _launch(plan, *, dry_run: bool, address: Optional[str], root: Path, resume: 
     raise typer.Exit(code)
 
 
+def _concurrency(plan) -> str:
+    if plan.max_concurrent is None:
+        return "as many at a time as the free verl_slots allow"
+    return f"at most {plan.max_concurrent} at a time"
+
+
 def _print_dry_run(plan, lines) -> None:
-    from orchestrator.scales import gpu_hours, gpus_of
+    from orchestrator.scales import estimate_cost, gpus_of
 
     console.print(f"[bold]{plan.name}[/] (dry run: nothing starts): {len(plan.trials)} trial(s), profile "
                   f"{plan.profile}, scale {plan.scale}, seeds {plan.seeds}, {plan.steps} steps, scheduler "
-                  f"{plan.scheduler}, at most {plan.max_concurrent} at a time")
-    total = 0.0
+                  f"{plan.scheduler}, {_concurrency(plan)}")
+    total, widths = 0.0, {}
     for planned, command in lines:
         t = planned.trial
         gpus = gpus_of(t.profile)
+        widths[gpus] = widths.get(gpus, 0) + 1
         cost = ""
         if t.profile.name == "a100":
-            hours = gpu_hours(t.profile)
-            total += hours
-            cost = (f", est. {hours:,.0f} A100-hours ({t.profile.steps} steps x "
-                    f"{t.profile.preset.seconds_per_step:g} s/step assumed)")
-        where = (f"rehearsed on 1 fake GPU; on the cluster {gpus} GPU(s){cost}" if plan.rehearse
-                 else f"{gpus} GPU(s), {plan.slots_per_trial} slot(s){cost}")
-        console.print(f"\n[bold]{planned.name}[/]  ({escape(planned.label)}, seed {t.seed}; {where})")
+            c = estimate_cost(t.profile)
+            total += c.gpu_hours
+            cost = (f", est. {c.gpu_hours:,.0f} A100-hours: {c.steps} steps x {c.seconds_per_step:,.0f} s + "
+                    f"{c.validations} validations x {c.validation_s:,.0f} s")
+        parts = f"; parts: {', '.join(planned.parts)}" if len(planned.parts) > 1 else ""
+        where = (f"rehearsed on 1 fake GPU; on the cluster {gpus} GPU(s) on {planned.nodes} node(s){cost}"
+                 if plan.rehearse else f"{gpus} GPU(s) on {planned.nodes} node(s), {planned.nodes} slot(s){cost}")
+        console.print(f"\n[bold]{planned.name}[/]  ({escape(planned.label)}, seed {t.seed}; {where}{parts})")
         console.print("  hyperparameters: " + ", ".join(f"{k}={v}" for k, v in t.hyperparameters.items()),
                       highlight=False, markup=False)
         console.print(f"  {command}", highlight=False, soft_wrap=True, markup=False)
     if total:
-        console.print(f"\n[bold]total{' of the cluster run (not the rehearsal)' if plan.rehearse else ''}[/]: "
-                      f"{len(plan.trials)} trials x {gpus_of(plan.trials[0].trial.profile)} GPUs, "
-                      f"est. {total:,.0f} A100-hours (seconds per step are assumptions; see README)")
+        shape = (f"{len(plan.trials)} trials x {next(iter(widths))} GPUs" if len(widths) == 1 else
+                 f"{len(plan.trials)} trials (" + ", ".join(f"{n} x {g} GPUs" for g, n in sorted(widths.items()))
+                 + ")")
+        of = " of the cluster run (not the rehearsal)" if plan.rehearse else ""
+        console.print(f"\n[bold]total{of}[/]: {shape}, est. {total:,.0f} A100-hours (derived from tokens per step "
+                      f"and A100 throughput, not measured: docs/orchestration.md#cost)")
+
+
+def _preview_nodes(plan, nodes: Optional[int], cluster: Optional[Path], dry_run: bool) -> Optional[int]:
+    """The node count of a schedule preview: --nodes, else the --cluster file's; only with --dry-run."""
+    if nodes is None and (cluster is None or not dry_run):
+        return None
+    if not dry_run:
+        raise UserError("--nodes previews a schedule: use it with --dry-run")
+    if plan.profile != "a100":
+        if nodes is None:
+            return None
+        raise UserError("a schedule preview needs the a100 profile's cost estimates: add --profile a100")
+    if nodes is None:
+        from orchestrator.cluster_config import slot_nodes, validate_cluster_yaml
+
+        nodes = slot_nodes(validate_cluster_yaml(cluster))
+    widest = max(plan.trials, key=lambda t: t.nodes)
+    if widest.nodes > nodes:
+        raise UserError(f"trial {widest.name} spans {widest.nodes} nodes; a cluster of {nodes} can never start it")
+    return nodes
+
+
+def _print_schedule(plan, nodes: int) -> None:
+    from orchestrator.schedule import plan_jobs, simulate
+
+    s = simulate(plan_jobs(plan), nodes, plan.max_concurrent)
+    node_hours = s.node_hours
+    longest = max(p.job.hours for p in s.placements)
+    waiting = max(s.placements, key=lambda p: p.start)
+    console.print(f"\n[bold]schedule on {nodes} node(s)[/] (preview: estimated run times; widest, then longest "
+                  f"first; a trial starts when its nodes are free, nothing overtakes it)")
+    console.print(f"  makespan {s.makespan:,.0f} h ({s.makespan / 24:,.1f} days); lower bound {s.lower_bound:,.0f} h "
+                  f"(the larger of {node_hours:,.0f} node-hours / {nodes} and the longest trial, {longest:,.0f} h); "
+                  f"makespan / lower bound {s.makespan / s.lower_bound:.2f}", highlight=False)
+    if s.pigeonhole_bound > s.lower_bound * 1.001:
+        console.print(f"  no schedule ends before {s.pigeonhole_bound:,.0f} h either (some node must run several of "
+                      f"the longest trials in a row): makespan / that bound {s.makespan / s.pigeonhole_bound:.2f}",
+                      highlight=False)
+    console.print(f"  mean utilization {s.utilization:.1%}; the last trial starts after {waiting.start:,.0f} h "
+                  f"({escape(waiting.job.name)})", highlight=False)
 
 
 def _print_results(exp_dir: Path, passk: bool = False, *, at: str = "last", estimator: Optional[str] = None,

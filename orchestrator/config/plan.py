@@ -21,6 +21,12 @@ class PlannedTrial(BaseModel):
     name: str
     label: str
     trial: TrialConfig
+    parts: list[str] = Field(default_factory=list, description="the study parts that share this trial (studies)")
+
+    @property
+    def nodes(self) -> int:
+        """``verl_slot``s the trial takes, one on each of that many nodes (1 on the local profile)."""
+        return getattr(self.trial.profile, "slots", 1)
 
 
 class ExperimentPlan(BaseModel):
@@ -29,28 +35,37 @@ class ExperimentPlan(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    kind: Literal["sweep", "compare"]
+    kind: Literal["sweep", "compare", "study"]
     spec: str
     profile: str
-    scale: str
+    scale: str  # a study's trials have a scale each (their profile's); here the scales, joined by '+'
     seeds: list[int]
     steps: int
     scheduler: Literal["fifo", "asha"] = "fifo"
     grace_validations: int = Field(3, ge=1)
-    max_concurrent: int = Field(1, ge=1)
+    max_concurrent: int | None = Field(
+        None, ge=1, description="trials at a time; None fills the cluster (as many as its verl_slots allow)")
     max_failures: int = Field(2, ge=0)
-    slots_per_trial: int = Field(1, ge=1)
+    slots_per_trial: int = Field(1, ge=1, description="verl_slots of the widest trial (one per node it spans)")
     rehearse: bool = Field(False, description="an a100 experiment rehearsed on CPU (orchestrator/rehearsal.py)")
     trials: list[PlannedTrial]
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     @property
     def gpus_per_trial(self) -> int:
+        """GPUs of the widest trial (a study mixes 8- and 16-GPU trials; see :func:`gpus_of` per trial)."""
         from orchestrator.scales import gpus_of
 
         if self.rehearse:
             return 1  # one fake GPU, as on the local profile
-        return gpus_of(self.trials[0].trial.profile)
+        return max(gpus_of(t.trial.profile) for t in self.trials)
+
+    def trial(self, name: str) -> PlannedTrial:
+        return next(t for t in self.trials if t.name == name)
+
+    def nodes_of(self, planned: PlannedTrial) -> int:
+        """The nodes (and ``verl_slot``s) a trial takes here: its profile's, or 1 in a rehearsal on this machine."""
+        return 1 if self.rehearse else planned.nodes
 
     @property
     def validations(self) -> int:
