@@ -6,6 +6,7 @@ Layout (docs/architecture.md has the whole picture)::
         experiment.json            the plan (orchestrator.config.plan.ExperimentPlan)
         dashboard.html             the local dashboard page
         dashboards.json            the URLs of the published W&B workspace and report
+        claims.json                the paper's claims as checks, as last evaluated (``maspo results NAME --claims``)
         tune/                      Ray Tune's experiment state (what ``maspo resume`` restores)
         trials/<TRIAL>/
             metrics.jsonl          the trial's metric stream: every step once, across retries
@@ -41,6 +42,7 @@ METRICS_FILE = "metrics.jsonl"
 STATUS_FILE = "status.json"
 TRIAL_FILE = "trial.json"
 PUBLISHED_FILE = "dashboards.json"  # the URLs of the experiment's published W&B workspace and report
+CLAIMS_FILE = "claims.json"  # the claims' verdicts (orchestrator/claims.py)
 CHECKPOINT_TRACKER = "latest_checkpointed_iteration.txt"  # verl's: the step of its newest checkpoint
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -371,6 +373,17 @@ class ExperimentDir:
 
     def write_published(self, published: dict) -> None:
         write_json(self.path / PUBLISHED_FILE, published)
+
+    @property
+    def claims_path(self) -> Path:
+        return self.path / CLAIMS_FILE
+
+    def write_claims(self, claims: dict) -> None:
+        write_json(self.claims_path, claims)
+
+    def claims(self) -> dict:
+        claims = read_json(self.claims_path, {})
+        return claims if isinstance(claims, dict) else {}
 
     def unfinished(self, plan: ExperimentPlan) -> list[str]:
         return [t.name for t in plan.trials if self.trial(t.name).status().get("state") != "succeeded"]

@@ -132,6 +132,10 @@ def results_command(
     gain: Annotated[bool, typer.Option("--gain", help="Also MASPO's gain over GRPO (Table 2), the paper's beside.")] = False,
     plot: Annotated[Optional[Path], typer.Option(
         "--plot", help="Write Figure 3's training dynamics and Pass@k against k as PNG files into this directory.")] = None,
+    claims: Annotated[bool, typer.Option(
+        "--claims", help="Also check the paper's claims (sections 5.2, 5.3, D.2) the trials can test: holds, fails "
+                         "or inconclusive, with a bootstrap CI over seeds (docs/claims.md); saved as claims.json "
+                         "in the experiment's directory.")] = False,
 ) -> None:
     """The experiment's validation in the layout of the paper's Table 1, best in bold, second underlined; trials' GPU-hours."""
     from orchestrator.results import to_csv, to_json
@@ -139,6 +143,11 @@ def results_command(
 
     experiment = ExperimentDir.named(name, root)
     experiment.plan()  # a clear error when there is no experiment (or not one this maspo can read)
+    report = None
+    if claims:
+        from orchestrator.claims import evaluate
+
+        report = evaluate(experiment.path)  # before anything is printed: nothing to test is one line, exit 2
     results = _print_results(experiment.path, passk=passk, at=at, estimator=estimator.value if estimator else None,
                              gain=gain, plot=plot)
     for path, text, what in ((csv_out, to_csv, "CSV"), (json_out, to_json, "JSON")):
@@ -148,6 +157,16 @@ def results_command(
             except OSError as err:
                 raise UserError(f"cannot write {path}: {err.strerror or err}") from None
             console.print(f"{what}: {path}", markup=False)
+    if report is not None:
+        from orchestrator.claims import as_dict, definitions_table, results_table
+
+        for table in (*definitions_table(), results_table(report)):
+            console.print(table)
+        try:
+            experiment.write_claims(as_dict(report))
+        except OSError as err:
+            raise UserError(f"cannot write {experiment.claims_path}: {err.strerror or err}") from None
+        console.print(f"claims: {experiment.claims_path}", markup=False)
 
 
 @handles_user_errors
@@ -172,7 +191,7 @@ def demo_command(
         console.print(f"{experiment.path} is done: its results (delete the directory to run the demo again)",
                       markup=False)
         results_command(name=name, passk=False, csv_out=None, json_out=None, root=root, estimator=None, at="last",
-                        gain=False, plot=None)
+                        gain=False, plot=None, claims=False)
         return
     plan = _plan("sweep", "alpha-beta", name=name, profile=Profile.local, scale=None, seeds=1, steps=None,
                  max_concurrent=max_concurrent, scheduler=Scheduler.fifo, demo=True, grid=Grid.listed, profile_set=[])
