@@ -366,30 +366,38 @@ def table4(algorithm: str, scale: str) -> dict | None:
     return None if values is None else get(algorithm).parse(values).model_dump()
 
 
-def contexts(results) -> list[Context]:
-    """The experiment's finished trials grouped by profile, with every statistic computed."""
+def contexts(*experiments) -> list[Context]:
+    """The finished trials of one or more experiments (:class:`orchestrator.results.Results`), grouped by profile,
+    with every statistic computed. A trial that two experiments share (the same config and seed, so the same
+    trial name) counts once; the trials of the second and later experiments are labelled with its name."""
     from orchestrator.config.experiment import SCALES
 
-    plan = results.plan
     by_profile: dict[str, Context] = {}
-    planned = {t.name: t for t in plan.trials}
-    for trial in results.trials:
-        config = planned[trial.name].trial
-        profile = config.profile
-        key = profile.model_dump_json()
-        if key not in by_profile:
-            scale = getattr(profile, "scale", None) or (plan.scale if plan.scale in SCALES else "1.5b")
-            name = f"{profile.name} {scale}" if profile.name != "local" else "local"
-            taken = {c.name for c in by_profile.values()}
-            by_profile[key] = Context(name if name not in taken else f"{name} ({len(taken) + 1})", scale)
-        context = by_profile[key]
-        last = max((s for s, d in trial.history.items() if s >= 1 and ENTROPY_KEY in d), default=0)
-        if last < profile.steps:
-            context.unfinished += 1
-            continue
-        values = {name: s.compute(trial.history, trial.validations) for name, s in STATISTICS.items()}
-        context.trials.append(TrialValues(trial.name, trial.label, trial.algorithm, dict(config.hyperparameters),
-                                          trial.seed, values))
+    seen: set[str] = set()
+    for i, results in enumerate(experiments):
+        plan = results.plan
+        planned = {t.name: t for t in plan.trials}
+        for trial in results.trials:
+            if trial.name in seen:
+                continue
+            seen.add(trial.name)
+            config = planned[trial.name].trial
+            profile = config.profile
+            key = profile.model_dump_json()
+            if key not in by_profile:
+                scale = getattr(profile, "scale", None) or (plan.scale if plan.scale in SCALES else "1.5b")
+                name = f"{profile.name} {scale}" if profile.name != "local" else "local"
+                taken = {c.name for c in by_profile.values()}
+                by_profile[key] = Context(name if name not in taken else f"{name} ({len(taken) + 1})", scale)
+            context = by_profile[key]
+            last = max((s for s, d in trial.history.items() if s >= 1 and ENTROPY_KEY in d), default=0)
+            if last < profile.steps:
+                context.unfinished += 1
+                continue
+            values = {name: s.compute(trial.history, trial.validations) for name, s in STATISTICS.items()}
+            label = trial.label if i == 0 else f"{plan.name}: {trial.label}"
+            context.trials.append(TrialValues(trial.name, label, trial.algorithm, dict(config.hyperparameters),
+                                              trial.seed, values))
     return list(by_profile.values())
 
 
@@ -427,8 +435,8 @@ def evaluate_claim(claim: Claim, context: Context) -> ClaimOutcome:
     tested = [o for o in outcomes if o.verdict != "not testable here"]
     absent = [o for o in outcomes if o.verdict == "not testable here"]
     if not tested or (claim.needs_all and absent):
-        reasons = "; ".join(dict.fromkeys(o.reason for o in absent))
-        return ClaimOutcome(claim, context.name, "not testable here", outcomes, reasons)
+        return ClaimOutcome(claim, context.name, "not testable here", outcomes,
+                            "; ".join(dict.fromkeys(o.reason for o in absent)))
     verdicts = {o.verdict for o in tested}
     verdict: Verdict = "fails" if "fails" in verdicts else "holds" if verdicts == {"holds"} else "inconclusive"
     note = ""
@@ -460,20 +468,25 @@ class ClaimsReport:
         return notes
 
 
-def evaluate(exp_dir: Path) -> ClaimsReport:
-    """Every claim in every context of the experiment at ``exp_dir``; a UserError when there is nothing to test."""
+def evaluate(exp_dir: Path, pooled: list[Path] | tuple[Path, ...] = ()) -> ClaimsReport:
+    """Every claim in every context of the experiment at ``exp_dir`` (with the trials of the ``pooled``
+    experiments, e.g. a comparison's GRPO beside a sweep's MASPO settings); a UserError when there is nothing to
+    test."""
     from orchestrator.results import collect
 
-    results = collect(exp_dir)
-    plan = results.plan
-    if not plan.seeds:
-        raise UserError(f"{plan.name} has no seeds: nothing to test")
-    groups = contexts(results)
+    everything = [collect(exp_dir), *(collect(path) for path in pooled)]
+    names = [results.plan.name for results in everything]
+    if len(set(names)) < len(names):
+        raise UserError(f"an experiment is given twice: {', '.join(names)}")
+    seeds = sorted({seed for results in everything for seed in results.plan.seeds})
+    if not seeds:
+        raise UserError(f"{names[0]} has no seeds: nothing to test")
+    groups = contexts(*everything)
     if not any(c.trials for c in groups):
-        raise UserError(f"no trial of {plan.name} has finished (logged training metrics up to its last step): "
-                        "no claim to test yet")
+        raise UserError(f"no trial of {' + '.join(names)} has finished (logged training metrics up to its last "
+                        "step): no claim to test yet")
     outcomes = [evaluate_claim(claim, context) for context in groups if context.trials for claim in CLAIMS]
-    return ClaimsReport(plan.name, list(plan.seeds), groups, outcomes)
+    return ClaimsReport(" + ".join(names), seeds, groups, outcomes)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -526,7 +539,7 @@ def results_table(report: ClaimsReport):
                       ci, "/".join(map(str, o.seeds)) or "-",
                       f"[{VERDICT_STYLE[o.verdict]}]{escape(reason)}[/]")
             first = False
-        if claim.note:
+        if claim.note and claim.verdict != "not testable here":  # (its comparisons' reasons say why)
             t.add_row("", "", "", f"[dim]{escape(claim.note)}[/]", "", "", "", "")
     t.caption = "\n".join(escape(n) for n in report.notes)
     t.caption_justify = "left"

@@ -259,3 +259,36 @@ def test_results_claims_command(tmp_path, monkeypatch):
     out = runner.invoke(app, ["results", "empty", "--root", str(tmp_path), "--claims"], terminal_width=400)
     assert out.exit_code == 2 and "no trial of empty has finished" in out.output, out.output
     assert len(out.output.strip().splitlines()) == 1 and not ExperimentDir(tmp_path / "empty").claims_path.exists()
+
+
+def test_a_sweep_pooled_with_a_comparison(tmp_path):
+    """alpha = 0.1 against GRPO needs both: the comparison's GRPO, the sweep's alpha settings. MASPO at alpha 0.5,
+    beta 0.03 is in both (the same config and seed: the same trial name) and counts once."""
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    entropy = lambda key, seed, step: 2.0 - (0.1 if key in ("grpo", "maspo 0.1 0.03 0.03") else 0.04) * step + 0.01 * seed  # noqa: E731
+    compare = plan_experiment(load_spec("compare"), baselines="grpo", seeds=2, name="cmp")
+    sweep = plan_experiment(load_spec("alpha-beta"), seeds=2, name="ab")
+    write(tmp_path, compare, entropy)
+    write(tmp_path, sweep, entropy)
+    shared = {t.name for t in compare.trials} & {t.name for t in sweep.trials}
+    assert len(shared) == 2  # MASPO (0.5, 0.03), seeds 0 and 1
+    alone = {o.claim.id: o for o in C.evaluate(tmp_path / "ab").outcomes}
+    assert alone["alpha-0.1-like-grpo"].verdict == "not testable here"
+    report = C.evaluate(tmp_path / "ab", [tmp_path / "cmp"])
+    assert report.experiment == "ab + cmp" and [c.name for c in report.contexts] == ["local"]
+    assert len(report.contexts[0].trials) == len(sweep.trials) + 2  # the sweep's, and GRPO's two seeds
+    by_id = {o.claim.id: o for o in report.outcomes}
+    like = by_id["alpha-0.1-like-grpo"].outcomes[0]
+    assert like.verdict == "holds" and like.labels == ("alpha=0.1 beta=0.03", "cmp: GRPO")
+    assert by_id["maspo-healthy-entropy"].outcomes[0].seeds == (2, 2)  # not 4: the shared trials once
+    runner = CliRunner()
+    out = runner.invoke(app, ["results", "ab", "--root", str(tmp_path), "--claims", "--with", "cmp"])
+    assert out.exit_code == 0, out.output
+    assert ExperimentDir(tmp_path / "ab").claims()["experiment"] == "ab + cmp"
+    for args, message in ((["--with", "cmp"], "give --claims too"), (["--claims", "--with", "nope"], "no experiment at"),
+                          (["--claims", "--with", "ab"], "an experiment is given twice")):
+        out = runner.invoke(app, ["results", "ab", "--root", str(tmp_path), *args])
+        assert out.exit_code == 2 and message in out.output and "Traceback" not in out.output, out.output

@@ -136,6 +136,9 @@ def results_command(
         "--claims", help="Also check the paper's claims (sections 5.2, 5.3, D.2) the trials can test: holds, fails "
                          "or inconclusive, with a bootstrap CI over seeds (docs/claims.md); saved as claims.json "
                          "in the experiment's directory.")] = False,
+    pooled: Annotated[Optional[list[str]], typer.Option(
+        "--with", help="With --claims: also the trials of this experiment under --root (repeatable), e.g. a "
+                       "comparison's GRPO beside a sweep's alpha settings; a trial both ran counts once.")] = None,
 ) -> None:
     """The experiment's validation in the layout of the paper's Table 1, best in bold, second underlined; trials' GPU-hours."""
     from orchestrator.results import to_csv, to_json
@@ -144,10 +147,16 @@ def results_command(
     experiment = ExperimentDir.named(name, root)
     experiment.plan()  # a clear error when there is no experiment (or not one this maspo can read)
     report = None
+    if pooled and not claims:
+        raise UserError("--with pools experiments for --claims: give --claims too")
     if claims:
         from orchestrator.claims import evaluate
 
-        report = evaluate(experiment.path)  # before anything is printed: nothing to test is one line, exit 2
+        others = [ExperimentDir.named(other, root) for other in pooled or []]
+        for other in others:
+            other.plan()
+        # before anything is printed: nothing to test is one line, exit 2
+        report = evaluate(experiment.path, [other.path for other in others])
     results = _print_results(experiment.path, passk=passk, at=at, estimator=estimator.value if estimator else None,
                              gain=gain, plot=plot)
     for path, text, what in ((csv_out, to_csv, "CSV"), (json_out, to_json, "JSON")):
@@ -191,7 +200,7 @@ def demo_command(
         console.print(f"{experiment.path} is done: its results (delete the directory to run the demo again)",
                       markup=False)
         results_command(name=name, passk=False, csv_out=None, json_out=None, root=root, estimator=None, at="last",
-                        gain=False, plot=None, claims=False)
+                        gain=False, plot=None, claims=False, pooled=None)
         return
     plan = _plan("sweep", "alpha-beta", name=name, profile=Profile.local, scale=None, seeds=1, steps=None,
                  max_concurrent=max_concurrent, scheduler=Scheduler.fifo, demo=True, grid=Grid.listed, profile_set=[])
