@@ -10,6 +10,8 @@ import json
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from orchestrator import claims as C
 from orchestrator.config.experiment import load_spec, plan_experiment
@@ -92,6 +94,21 @@ def test_decide_holds_fails_inconclusive_and_one_seed():
     assert C.decide(below, ([0.5, 0.6, 0.7],)).verdict == "fails"
     # the same files give the same interval (the resampling is seeded)
     assert C.decide(greater, ([1.1, 1.3, 0.9], [1.0, 1.2, 1.4])).ci == overlap.ci
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(-5, 5), min_size=2, max_size=6), st.lists(st.floats(-5, 5), min_size=2, max_size=6),
+       st.floats(0.01, 3))
+def test_seeds_that_all_agree_decide_the_claim(low, high, gap):
+    """Every seed of A above every seed of B: every resampled mean difference is above 0, so the claim holds; the
+    other way round it fails, whatever the number of seeds."""
+    top = max(low) + gap
+    above = [top + (h - min(high)) for h in high]
+    greater = C.Comparison("entropy_mean", C.Arm("clip_higher"), "greater", C.GRPO)
+    assert C.decide(greater, (above, low)).verdict == "holds"
+    assert C.decide(greater, (low, above)).verdict == "fails"
+    less = C.Comparison("early_entropy", C.Arm("clip_higher"), "less", C.GRPO)
+    assert C.decide(less, (low, above)).verdict == "holds"
 
 
 def test_the_claim_table_is_well_formed():
