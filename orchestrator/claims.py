@@ -290,12 +290,12 @@ def decide(comparison: Comparison, samples: tuple[list[float], ...]) -> Outcome:
         return Outcome(comparison, "inconclusive", seeds=seeds,
                        reason=f"needs >= {MIN_SEEDS} finished seeds per setting ({short})")
     data = tuple(np.asarray(s, dtype=float) for s in samples)
+    if comparison.test == "equivalent" and not np.mean(data[1]) > 0:
+        return Outcome(comparison, "inconclusive", seeds=seeds, reason="the reference's mean is not > 0")
     fn = _effect_function(comparison.test, comparison.threshold)
     effect = float(fn(*data))
-    if comparison.test == "equivalent" and not np.mean(data[1]) > 0:
-        return Outcome(comparison, "inconclusive", effect, seeds=seeds, reason="the reference's mean is not > 0")
     result = bootstrap(data, fn, n_resamples=N_RESAMPLES, confidence_level=CONFIDENCE, method="percentile",
-                       paired=False, vectorized=True, random_state=np.random.default_rng(BOOTSTRAP_SEED))
+                       paired=False, vectorized=True, rng=np.random.default_rng(BOOTSTRAP_SEED))
     lo, hi = float(result.confidence_interval.low), float(result.confidence_interval.high)
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return Outcome(comparison, "inconclusive", effect, seeds=seeds, reason="no finite interval")
