@@ -118,6 +118,11 @@ def test_the_claim_table_is_well_formed():
         assert claim.comparisons and claim.paper
         for comparison in claim.comparisons:
             assert comparison.statistic in C.STATISTICS
+    from pathlib import Path
+
+    docs = (Path(__file__).parent.parent / "docs" / "claims.md").read_text()
+    for name in [*ids, *C.STATISTICS]:  # the page documents every claim and statistic the code tests
+        assert f"| `{name}` |" in docs, name
     with pytest.raises(ValueError, match="unknown statistic"):
         C.Comparison("entropy_median", C.MASPO, "greater", C.GRPO)
     with pytest.raises(ValueError, match="takes no second setting"):
