@@ -50,6 +50,7 @@ def test_online_without_credentials_on_the_node_logs_offline_with_a_warning(tmp_
     assert [r.run_id for r in tracking.sync_experiment(tmp_path, dry_run=True)] == ["fallback-run"]
 
 
+@pytest.mark.slow  # W&B's init waits for its server (WANDB_INIT_TIMEOUT) before it gives up
 def test_a_key_w_and_b_cannot_check_falls_back_offline_and_never_shows_the_key(tmp_path, monkeypatch):
     """A key is there, but W&B's server does not answer (a port nothing listens on): offline, warned, no key."""
     clean_env(monkeypatch, tmp_path)
