@@ -377,11 +377,12 @@ def probe_dirs(targets: Targets) -> dict[str, Path]:
     return out
 
 
-def run_checks(targets: Targets, *, full: bool, timeout_s: float = 120.0, wandb_auth: bool = False) -> list[Check]:
+def run_checks(targets: Targets, *, full: bool, gpus: bool = True, timeout_s: float = 120.0,
+               wandb_auth: bool = False) -> list[Check]:
     """The doctor's checks on the connected Ray cluster (``ray.init`` done by the caller).
 
-    ``full=False``: the cheap part (versions, verl_slot, storage, data); ``full=True`` adds the model, W&B and
-    the GPUs (CUDA, NCCL, vLLM), which hold each node's GPUs for a moment.
+    ``full=False``: the cheap part (versions, verl_slot, storage, data); ``full=True`` adds the model and W&B,
+    and with ``gpus`` the GPUs (CUDA, NCCL, vLLM), which hold each node's GPUs for a moment.
     """
     nodes = cluster_nodes()
     checks = [_slot_summary(nodes, targets)]
@@ -434,7 +435,8 @@ def run_checks(targets: Targets, *, full: bool, timeout_s: float = 120.0, wandb_
         if wandb_auth and targets.wandb_online:
             checks.extend(_wandb_auth_checks([n for n in nodes if not n.error and n.facts.get("wandb_credentials")],
                                              timeout_s))
-        checks.extend(_gpu_checks([n for n in gpu_nodes if not n.error], timeout_s))
+        if gpus:
+            checks.extend(_gpu_checks([n for n in gpu_nodes if not n.error], timeout_s))
     return checks
 
 
@@ -658,7 +660,7 @@ def connect(address: str) -> None:
         raise UserError(f"cannot reach the Ray cluster at {address}: {str(err).splitlines()[0]}") from None
 
 
-def doctor(address: str, targets: Targets, *, full: bool = True, timeout_s: float = 120.0,
+def doctor(address: str, targets: Targets, *, full: bool = True, gpus: bool = True, timeout_s: float = 120.0,
            wandb_auth: bool = False) -> list[Check]:
     """Connect to the cluster at ``address``, run the checks, disconnect."""
     import ray
@@ -666,7 +668,7 @@ def doctor(address: str, targets: Targets, *, full: bool = True, timeout_s: floa
     started = time.monotonic()
     connect(address)
     try:
-        checks = run_checks(targets, full=full, timeout_s=timeout_s, wandb_auth=wandb_auth)
+        checks = run_checks(targets, full=full, gpus=gpus, timeout_s=timeout_s, wandb_auth=wandb_auth)
     finally:
         ray.shutdown()
     checks.append(Check("took", "", None, f"{time.monotonic() - started:.1f} s"))

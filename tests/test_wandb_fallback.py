@@ -80,3 +80,21 @@ def test_offline_mode_and_present_credentials_are_left_alone(monkeypatch, tmp_pa
     monkeypatch.setenv("NETRC", str(tmp_path / "missing"))
     warning = wandb_hooks.offline_unless_credentials()
     assert warning and "no W&B credentials" in warning and os.environ["WANDB_MODE"] == "offline"
+
+
+@pytest.mark.slow  # W&B's client waits for its server before it gives up
+def test_doctors_w_and_b_login_check_reports_an_unreachable_server_without_the_key(monkeypatch, tmp_path):
+    """What `maspo doctor`'s per-node W&B login task answers when the server cannot be reached."""
+    clean_env(monkeypatch, tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("WANDB_API_KEY", SECRET)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    code = ("import os, sys; from orchestrator.doctor import wandb_authenticates as w; "
+            "sys.stdout.write(w(5))")
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ), capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout and f"127.0.0.1:{port}" in out.stdout  # a reason, naming the server
+    assert SECRET not in out.stdout + out.stderr

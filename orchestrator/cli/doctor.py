@@ -111,7 +111,7 @@ def _cluster_doctor(address: Optional[str], cluster: Optional[Path], *, root: Pa
     address = _cluster_address(cluster, address, dry_run=False)
     targets = Targets.of_profile(profile, root, nodes_per_trial=profile.nodes_per_trial)
     with console.status(f"checking every node of the Ray cluster at {address}"):
-        checks = doctor(address, targets, full=gpus, timeout_s=timeout, wandb_auth=wandb_auth)
+        checks = doctor(address, targets, gpus=gpus, timeout_s=timeout, wandb_auth=wandb_auth)
     table = Table(title=f"maspo doctor: the Ray cluster at {escape(address)} for the a100 profile ({profile.scale})",
                   show_lines=True, expand=True)
     table.add_column("check", no_wrap=True)
