@@ -64,8 +64,9 @@ def cluster(tmp_path_factory):
 
 
 def _patiently_register_nodes(env: pytest.MonkeyPatch, limit_s: float = 300.0) -> None:
-    """Ray's node start gives a raylet 30 s (hard-coded) to register with the GCS; on a machine as loaded as
-    the shared CI one, that failed. Wait up to ``limit_s`` instead, failing loudly after that."""
+    """Ray's node start gives a raylet 30 s (hard-coded) to register with the GCS, and the raylet gives its
+    dashboard agent about a minute; on a heavily loaded machine both failed. Wait up to ``limit_s`` instead,
+    failing loudly after that."""
     import time
 
     import ray._private.services as services
@@ -84,6 +85,8 @@ def _patiently_register_nodes(env: pytest.MonkeyPatch, limit_s: float = 300.0) -
 
     env.setattr(services, "get_node", patient)
     env.setenv("RAY_raylet_start_wait_time_s", str(int(limit_s)))  # the raylet's own wait for the GCS
+    # the raylet's wait for its dashboard agent's port file (a Python process that took over 60 s to start there)
+    env.setenv("RAY_agent_register_timeout_ms", str(int(limit_s * 1000)))
 
 
 def _settings(root: Path) -> list[str]:
