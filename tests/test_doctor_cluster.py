@@ -48,11 +48,11 @@ def cluster(tmp_path_factory):
     env.delenv("WANDB_MODE", raising=False)
     env.setenv("NETRC", str(netrc))  # the nodes' W&B credentials: none
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 8, "include_dashboard": False,
-                                                              "resources": {"verl_slot": 1}})
+                                                              "resources": {"verl_slot": 1}, **_ports()})
     nodes = {"head": None}
-    nodes["noslot"] = cluster.add_node(num_cpus=1, num_gpus=8)
+    nodes["noslot"] = cluster.add_node(num_cpus=1, num_gpus=8, **_ports())
     env.setenv("PYTHONPATH", os.pathsep.join([str(fake), os.environ.get("PYTHONPATH", "")]))
-    nodes["oldverl"] = cluster.add_node(num_cpus=1, num_gpus=8, resources={"verl_slot": 1})
+    nodes["oldverl"] = cluster.add_node(num_cpus=1, num_gpus=8, resources={"verl_slot": 1}, **_ports())
     env.setenv("PYTHONPATH", os.environ["PYTHONPATH"].split(os.pathsep, 1)[1])
     ids = {name: (node.node_id if node else None) for name, node in nodes.items()}
     cluster.wait_for_nodes()
@@ -61,6 +61,14 @@ def cluster(tmp_path_factory):
         ray.shutdown()
     cluster.shutdown()
     env.undo()
+
+
+def _ports() -> dict[str, int]:
+    """A node's agent ports, free and explicit (another Ray on the machine holds the defaults)."""
+    from orchestrator.cluster import free_ports
+
+    names = ("metrics_agent_port", "metrics_export_port", "runtime_env_agent_port", "dashboard_agent_listen_port")
+    return dict(zip(names, free_ports(len(names))))
 
 
 def _patiently_register_nodes(env: pytest.MonkeyPatch, limit_s: float = 300.0) -> None:
