@@ -101,6 +101,9 @@ def render_job(planned: PlannedTrial, plan: ExperimentPlan, trial_dir: Path, att
         overrides = render_a100_overrides(trial.algorithm, trial.params, trial.seed, trial.profile,
                                           experiment_name=planned.name, trial_hash=trial.stable_hash())
         job = TrialJob(overrides, a100_job_env(metrics_path), trial_dir, metrics_path)
+        # W&B's files (and its offline runs, when a node has no credentials) in the trial's directory on shared
+        # storage, where `maspo sync` finds them (docs/orchestration.md#wandb-on-a-cluster)
+        job.env["WANDB_DIR"] = str(trial_dir)
     else:
         assets = assets or prepare_local_assets(trial.profile, trial.seed)
         job = render_local_trial(trial, assets, trial_dir, planned.name, metrics_path=metrics_path,

@@ -60,7 +60,7 @@ def has_credentials(env: dict[str, str] | None = None) -> bool:
     env = os.environ if env is None else env
     if env.get("WANDB_API_KEY", "").strip():
         return True
-    path = Path(env.get("NETRC") or Path.home() / ".netrc")
+    path = Path(env.get("NETRC") or Path.home() / ".netrc").expanduser()
     try:
         return netrc.netrc(str(path)).authenticators(wandb_host(env)) is not None
     except (OSError, netrc.NetrcParseError):

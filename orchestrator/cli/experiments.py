@@ -291,6 +291,13 @@ def _launch(plan, *, dry_run: bool, address: Optional[str], root: Path, resume: 
         if experiment.exists():
             raise UserError(f"experiment {plan.name!r} exists at {exp_dir}; continue it with --resume "
                             f"(or `maspo resume {plan.name}`), or pick another --name")
+    if address is not None and not plan.rehearse:
+        from orchestrator.doctor import check_cluster
+
+        # the cheap part of `maspo doctor` (versions, verl_slot, storage, data on every node): one line, exit 2
+        with console.status(f"checking the Ray cluster at {address} (maspo doctor's cheap part)"):
+            check_cluster(plan, address, root)
+    if not resume:
         experiment.save_plan(plan)
     if plan.rehearse:
         from orchestrator.rehearsal import replaced_table

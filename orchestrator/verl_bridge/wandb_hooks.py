@@ -15,6 +15,13 @@ The hook wraps ``Tracking.__init__``; when the wandb backend is on:
 
 Without the wandb backend (or without ``MASPO_TRIAL_JSON``'s identity) nothing changes.
 
+Offline fallback: the job env says ``WANDB_MODE=online`` when the driver has W&B credentials, but verl's W&B
+logger runs in its TaskRunner, on whichever node that lands. If that process has no credentials (no
+``WANDB_API_KEY``, no netrc entry for the W&B host: :func:`orchestrator.tracking.has_credentials`), or W&B's init
+refuses the key or cannot be reached, the run logs offline into ``WANDB_DIR`` (the trial's directory) with a
+warning on the job's log, instead of failing the trial; ``maspo sync`` uploads it later
+(docs/orchestration.md#wandb-on-a-cluster).
+
 Installed by the patch manifest (``orchestrator.verl_bridge.patches``, patch ``wandb_run_identity``, see
 docs/patches.md#wandb_run_identity) when ``verl.utils.tracking`` is imported. While verl's ``Tracking.__init__``
 runs, ``wandb.init`` itself is swapped for one that prefers ``WANDB_PROJECT``/``WANDB_NAME``, then restored.
@@ -25,6 +32,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import socket
+import sys
 
 from orchestrator.verl_bridge.patching import wrapper_factory
 
@@ -85,6 +94,59 @@ def _identity_init(init):
     return wrapped
 
 
+OFFLINE_HINT = "this run logs OFFLINE into {dir}; `maspo sync <experiment>` uploads it later"
+
+
+def _warn(message: str) -> None:
+    print(f"maspo: WARNING: {message}", file=sys.stderr, flush=True)
+
+
+def offline_unless_credentials() -> str | None:
+    """``WANDB_MODE`` online (or unset) in a process without W&B credentials: switch it to offline, warn.
+
+    Returns the warning (None when nothing changed). Only presence is checked here (no network).
+    """
+    from orchestrator.tracking import has_credentials, wandb_host
+
+    if os.environ.get("WANDB_MODE", "online").strip().lower() not in ("online", "run", ""):
+        return None
+    if has_credentials():
+        return None
+    os.environ["WANDB_MODE"] = "offline"
+    message = (f"no W&B credentials on {socket.gethostname()} (no WANDB_API_KEY, no netrc entry for "
+               f"{wandb_host()}): " + OFFLINE_HINT.format(dir=os.environ.get("WANDB_DIR", os.getcwd())))
+    _warn(message)
+    return message
+
+
+def _offline_on_refusal(init):
+    """``wandb.init`` that retries offline when W&B refuses the key or cannot be reached (a warning, no failure)."""
+
+    @functools.wraps(init)
+    def wrapped(*args, **kwargs):
+        try:
+            return init(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 (narrowed below: only W&B's own errors fall back)
+            import wandb
+
+            if kwargs.get("mode") == "offline" or not isinstance(err, wandb.errors.Error):
+                raise
+            key = os.environ.get("WANDB_API_KEY", "").strip()
+            why = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            if key:
+                why = why.replace(key, "<redacted>")
+            os.environ["WANDB_MODE"] = "offline"
+            try:  # the failed online run still holds its id in wandb's service: end the service first
+                wandb.teardown()
+            except Exception:  # noqa: BLE001
+                pass
+            _warn(f"W&B's online init failed on {socket.gethostname()} ({why}): "
+                  + OFFLINE_HINT.format(dir=os.environ.get("WANDB_DIR", os.getcwd())))
+            return init(*args, **{**kwargs, "mode": "offline"})
+
+    return wrapped
+
+
 @wrapper_factory(_HOOKED)
 def wrap_tracking_init(original):
     def hooked(self, project_name, experiment_name, default_backend="console", config=None):
@@ -93,10 +155,10 @@ def wrap_tracking_init(original):
             return original(self, project_name, experiment_name, default_backend, config)
         import wandb
 
+        offline_unless_credentials()
         settings = trial_settings()
         plain_init = wandb.init
-        if settings is not None:
-            wandb.init = _identity_init(plain_init)
+        wandb.init = _offline_on_refusal(_identity_init(plain_init) if settings is not None else plain_init)
         try:
             original(self, project_name, experiment_name, default_backend, config)
         finally:
