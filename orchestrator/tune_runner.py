@@ -17,8 +17,10 @@ then longest first) as long as they fit the free slots (:class:`orchestrator.adm
 
 Failure handling is Ray's and verl's: ``FailureConfig(max_failures)`` re-runs a failed controller, which
 resubmits the job; the job resumes from the trial's last verl checkpoint (``trainer.resume_mode=auto`` in a
-directory named by the trial, checkpoints at every validation). An interrupted experiment is restored with
-``Tuner.restore``, which re-runs only the unfinished trials.
+directory named by the trial, checkpoints at every validation); before each attempt the controller passes over a
+checkpoint cut off by a crash (:func:`orchestrator.store.choose_resume`), and a job still PENDING after the
+plan's ``job_start_timeout_s`` is stopped and fails the attempt (docs/orchestration.md#faults). An interrupted
+experiment is restored with ``Tuner.restore``, which re-runs only the unfinished trials.
 
 The experiment directory (``runs/<NAME>/``) is read and written by :mod:`orchestrator.store` only.
 """
