@@ -29,8 +29,9 @@ fails the job, as ``torch.load`` would). With ``STANDIN_WORKERS`` it runs one ac
 every step, as verl's driver calls its workers, so a node that dies under it fails the job.
 ``STANDIN_GPUS_ON_SLOT_NODES`` puts its GPU groups on the nodes of the trial's ``verl_slot``s (a soft hint), so
 that one node holds a trial's controller and its GPUs. ``STANDIN_PAUSE`` (JSON, trial -> step) holds a trial's
-first attempt after it logged that step until a file ``release`` appears in the experiment directory (at most
-``STANDIN_PAUSE_S``, default 300), and writes ``paused.json`` (step, GPU nodes) beside its ledger meanwhile.
+first attempt after it logged that step until a file ``release`` (or ``release-<trial>``) appears in the
+experiment directory (at most ``STANDIN_PAUSE_S``, default 300), and writes ``paused.json`` (step, GPU nodes)
+beside its ledger meanwhile.
 ``STANDIN_ENTRYPOINT_RESOURCES`` (JSON) is what the job's entrypoint asks Ray for.
 
 The ``STANDIN_*`` settings come from the environment of the Ray nodes (the trial controllers render the job), and
@@ -289,13 +290,14 @@ def main() -> int:
 
 
 def _hold(ledger: Path, step: int, gpu_nodes: list[str], workers: list) -> None:
-    """Wait, workers called all the while, until the experiment's ``release`` file appears (``STANDIN_PAUSE``)."""
+    """Wait, workers called all the while, until the experiment's ``release`` (every trial) or
+    ``release-<trial>`` file appears (``STANDIN_PAUSE``)."""
     import ray
 
     (ledger.parent / "paused.json").write_text(json.dumps({"step": step, "nodes": gpu_nodes, "pid": os.getpid()}))
-    release = ledger.parents[4] / "release"
+    releases = [ledger.parents[4] / "release", ledger.parents[4] / f"release-{ledger.parents[2].name}"]
     deadline = time.monotonic() + float(os.environ.get("STANDIN_PAUSE_S", "300"))
-    while not release.exists():
+    while not any(r.exists() for r in releases):
         if time.monotonic() > deadline:
             raise SystemExit(f"held at step {step} for {os.environ.get('STANDIN_PAUSE_S', '300')} s: never released")
         ray.get([w.step.remote(step) for w in workers])  # a worker on a dead node raises here, as in verl

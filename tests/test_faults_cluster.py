@@ -1,14 +1,16 @@
 """Faults on a real multi-node Ray cluster, with the stand-in for verl (tests/standin_job.py).
 
-Three nodes with 8 fake GPUs and one ``verl_slot`` each, the first the head (the job API and the jobs' drivers); checkpoints and streams are in the test's temp dir, which every node of this fake cluster
-sees, as every node of a real one sees the shared storage. The stand-in checkpoints and resumes like verl
+Three nodes with 8 fake GPUs and one ``verl_slot`` each, the first the head (the job API and the jobs' drivers);
+checkpoints and streams are in the test's temp dir, which every node of this fake cluster sees, as every node of a
+real one sees the shared storage. The stand-in checkpoints and resumes like verl
 (``STANDIN_CHECKPOINTS``), and, where a node dies, calls a worker actor on its GPUs every step as verl's driver
 calls its workers (``STANDIN_WORKERS``). Nothing here counts on timing: the fault is injected while the first
 attempt is held after a known step (``STANDIN_PAUSE``), and every wait has a generous deadline that fails loudly.
 
 - A node dies: a worker node's raylet and every process of the node are SIGKILLed while a trial on it is held
   after step 5 (checkpoints at 3 and 6). The trial is retried by Tune on the spare node from its step-3
-  checkpoint; the trial on the other node carries on, one attempt. Steps lost: 4 and 5, the two since the checkpoint; none duplicated.
+  checkpoint; the trial on the other node carries on, one attempt. Steps lost: 4 and 5, the two since the
+  checkpoint; none duplicated.
 - A checkpoint cut off: the newest checkpoint's model shard is truncated and the job stopped; the retry passes
   over it to the previous one, with a warning (verl would load the broken one and fail on every retry).
 - A job that never starts: its entrypoint asks for a resource no node has; each attempt times out PENDING after
@@ -135,7 +137,8 @@ def test_a_job_that_never_starts_times_out_with_a_clear_error_and_is_retried(thr
     for attempt in status["attempts"]:
         sid = attempt["submission_id"]
         assert attempt["job_status"] == "STOPPED"
-        assert f"trial {trial}, attempt {attempt['attempt']}: Ray job {sid} did not start within 3 s" in attempt["error"]
+        said = f"trial {trial}, attempt {attempt['attempt']}: Ray job {sid} did not start within 3 s"
+        assert said in attempt["error"]
         assert "{'no_such_resource': 1}" in attempt["error"] and "waiting for resources" in attempt["error"]
         assert str(client.get_job_status(sid).value) == "STOPPED"  # not left pending on the cluster
     errors = list((exp_dir / "tune").glob(f"*{trial}*/error.txt")) or list((exp_dir / "tune").rglob("error.txt"))
@@ -170,7 +173,8 @@ def test_a_cut_off_checkpoint_is_passed_over_on_the_retry(three_gpu_nodes, tmp_p
     assert retry["resumed_from_step"] == 2  # the previous complete checkpoint, not the cut-off step 4
     assert "step 4: actor/model_world_size_1_rank_0.pt is cut off" in retry["checkpoint_warning"]
     assert f"Resuming from {checkpoints}/global_step_2" in (trial_dir / "attempts/2/job.log").read_text()
-    assert _steps(trial_dir / "attempts/1/metrics.jsonl")[-1] == 5 and _steps(trial_dir / "attempts/2/metrics.jsonl")[0] == 2
+    assert _steps(trial_dir / "attempts/1/metrics.jsonl")[-1] == 5
+    assert _steps(trial_dir / "attempts/2/metrics.jsonl")[0] == 2
     assert _steps(trial_dir / "metrics.jsonl") == list(range(7))  # every step once: 3-5 re-run, none twice
 
 
@@ -195,7 +199,8 @@ def test_a_node_that_dies_costs_its_trial_the_steps_since_its_checkpoint(three_g
                 "checkpoint": int((exp_dir / "trials" / victim / "checkpoints" /
                                    "latest_checkpointed_iteration.txt").read_text())}
         three_gpu_nodes.remove_node(workers[node_id], allow_graceful=False)  # SIGKILL: raylet and all of the node
-        (exp_dir / "release").touch()  # the other trial goes on
+        survivor = next(t for t in names if t != victim)
+        (exp_dir / f"release-{survivor}").touch()  # the other trial goes on; the victim's job stays held till it dies
         return seen
 
     seen = _inject(exp_dir, kill_a_worker_node)
