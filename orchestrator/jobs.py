@@ -66,7 +66,8 @@ class JobRun:
 
     A job that is still PENDING ``start_timeout_s`` after its submission (its runtime env cannot be built, or
     the resources its entrypoint asks for do not exist) is stopped, and ``run`` raises :class:`JobStartTimeout`
-    naming the job and Ray's reason. ``message`` holds Ray's last word on the job (why it failed, say).
+    naming the job and Ray's reason. (Ray delivers the stop when the job's supervisor starts, so such a job
+    never runs, but Ray lists it as PENDING until then: docs/orchestration.md#job-start-timeout.) ``message`` holds Ray's last word on the job (why it failed, say).
     """
 
     def __init__(self, client, job: TrialJob, submission_id: str, *, log_path: Path,
