@@ -20,6 +20,8 @@ attempt is held after a known step (``STANDIN_PAUSE``), and every wait has a gen
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,24 +43,21 @@ def three_gpu_nodes():
     import ray
     from ray.cluster_utils import Cluster
 
-    from ray._private.utils import get_ray_address_file
-
-    # Ray points every later address-less ray.init() on this machine at the newest head; put back what was there,
-    # so that no other process's driver lands on this test's cluster (and takes its fake GPUs)
-    address_file = Path(get_ray_address_file(None))
-    previous = address_file.read_text() if address_file.is_file() else None
+    # a temp dir of its own: a Ray Job's driver finds its cluster through <temp dir>/ray_current_cluster, which in
+    # the shared /tmp/ray names whichever cluster on the machine started last (another test's, say)
+    temp_dir = tempfile.mkdtemp(prefix="maspo-faults-", dir="/tmp")
     dashboard, agent = free_ports(2)
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 2, "num_gpus": 8, "resources": {"verl_slot": 1}, "include_dashboard": True,
-        "dashboard_host": "127.0.0.1", "dashboard_port": dashboard, "dashboard_agent_listen_port": agent})
+        "dashboard_host": "127.0.0.1", "dashboard_port": dashboard, "dashboard_agent_listen_port": agent,
+        "temp_dir": temp_dir})
     for _ in range(2):
-        cluster.add_node(num_cpus=1, num_gpus=8, resources={"verl_slot": 1})
-    if previous is not None:
-        address_file.write_text(previous)
+        cluster.add_node(num_cpus=1, num_gpus=8, resources={"verl_slot": 1}, temp_dir=temp_dir)
     yield cluster
     if ray.is_initialized():
         ray.shutdown()
     cluster.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _plan(name: str, seeds: list[int], steps: int, test_freq: int, **fields) -> ExperimentPlan:
