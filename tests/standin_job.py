@@ -162,6 +162,12 @@ def render(planned, plan, trial_dir: Path, attempt_dir: Path):
         from orchestrator.render import trial_checkpoint_dir
 
         env["STANDIN_CHECKPOINT_DIR"] = str(trial_checkpoint_dir(planned, trial_dir))
+    try:  # the cluster this controller runs in: Ray hands a job's driver the address named in its temp dir's
+        import ray  # ray_current_cluster, which on a machine running several clusters may be another one's
+
+        env["STANDIN_RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    except Exception:  # noqa: BLE001 (rendered outside Ray, e.g. a dry run)
+        pass
     asks = json.loads(given["STANDIN_ENTRYPOINT_RESOURCES"]) if given.get("STANDIN_ENTRYPOINT_RESOURCES") else None
     return TrialJob([], env, trial_dir, attempt_dir / "metrics.jsonl", module="tests.standin_job",
                     entrypoint_resources=asks)
@@ -214,7 +220,7 @@ def main() -> int:
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    ray.init()
+    ray.init(address=os.environ.get("STANDIN_RAY_ADDRESS"))
     gpus, nodes, steps = int(os.environ["STANDIN_GPUS"]), int(os.environ.get("STANDIN_NODES", "1")), \
         int(os.environ["STANDIN_STEPS"])
     per_node = gpus // nodes
