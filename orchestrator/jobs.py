@@ -40,6 +40,9 @@ class TrialJob:
     metrics_path: Path  # where verl's ``file`` logger writes (VERL_FILE_LOGGER_PATH)
 
     module: str = "verl.trainer.main_ppo"
+    # custom resources the job's driver must find on a node before it starts (none for verl: its driver runs
+    # anywhere and takes GPUs with its own placement groups)
+    entrypoint_resources: dict[str, float] | None = None
 
     def entrypoint(self, python: str = sys.executable) -> str:
         return " ".join([shlex.quote(python), "-m", self.module, *map(shlex.quote, self.overrides)])
@@ -49,6 +52,10 @@ class TrialJob:
         return self.entrypoint(python="python")
 
 
+class JobStartTimeout(RuntimeError):
+    """A job still PENDING when its start timeout ran out; :class:`JobRun` stopped it."""
+
+
 class JobRun:
     """Run one :class:`TrialJob` on a Ray cluster through a ``JobSubmissionClient``.
 
@@ -56,20 +63,29 @@ class JobRun:
     runs (and once more after it ended), and returns the job's final status. If anything interrupts the loop
     (Ctrl-C, a Tune stop, an error in the callback), the job is stopped in ``finally``, so no verl run outlives
     the process that started it; the job's log is saved to ``log_path`` either way.
+
+    A job that is still PENDING ``start_timeout_s`` after its submission (its runtime env cannot be built, or
+    the resources its entrypoint asks for do not exist) is stopped, and ``run`` raises :class:`JobStartTimeout`
+    naming the job and Ray's reason. (Ray delivers the stop when the job's supervisor starts, so such a job
+    never runs, but Ray lists it as PENDING until then: docs/orchestration.md#job-start-timeout.) ``message`` holds Ray's last word on the job (why it failed, say).
     """
 
     def __init__(self, client, job: TrialJob, submission_id: str, *, log_path: Path,
-                 metadata: dict[str, str] | None = None, poll_s: float = 1.0):
+                 metadata: dict[str, str] | None = None, poll_s: float = 1.0, start_timeout_s: float | None = None):
         self.client, self.job, self.submission_id = client, job, submission_id
         self.log_path, self.metadata, self.poll_s = log_path, metadata or {}, poll_s
+        self.start_timeout_s = start_timeout_s
         self.status = "PENDING"
+        self.message = ""
 
     def submit(self) -> None:
+        extra = {"entrypoint_resources": self.job.entrypoint_resources} if self.job.entrypoint_resources else {}
         self.client.submit_job(entrypoint=self.job.entrypoint(), submission_id=self.submission_id,
-                               runtime_env={"env_vars": self.job.env}, metadata=self.metadata)
+                               runtime_env={"env_vars": self.job.env}, metadata=self.metadata, **extra)
 
     def run(self, on_records: Callable[[list[dict]], None]) -> str:
         self.submit()
+        submitted = time.monotonic()
         tail = JsonlTail(self.job.metrics_path)
         try:
             while True:
@@ -77,6 +93,9 @@ class JobRun:
                 if records:
                     on_records(records)
                 self.status = str(self.client.get_job_status(self.submission_id).value)
+                if self.status == "PENDING" and self.start_timeout_s is not None \
+                        and time.monotonic() - submitted > self.start_timeout_s:
+                    raise self._start_timeout()
                 if self.status in TERMINAL:
                     records = tail.read()  # what verl wrote between the last read and its end
                     if records:
@@ -90,8 +109,24 @@ class JobRun:
                     self.status = "STOPPED"
                 except Exception:  # noqa: BLE001 (the cluster may be going away with us)
                     pass
+            if self.status != "SUCCEEDED" and not self.message:
+                self.message = self._ray_message()
             self.save_log()
         return self.status
+
+    def _ray_message(self) -> str:
+        try:
+            return str(self.client.get_job_info(self.submission_id).message or "")
+        except Exception:  # noqa: BLE001 (a message is a courtesy; the status is what counts)
+            return ""
+
+    def _start_timeout(self) -> JobStartTimeout:
+        self.message = self._ray_message() or "Job has not started yet."
+        asked = f" (its entrypoint asks for {self.job.entrypoint_resources})" if self.job.entrypoint_resources else ""
+        return JobStartTimeout(
+            f"Ray job {self.submission_id} did not start within {self.start_timeout_s:g} s and was stopped: "
+            f"still PENDING{asked}. Ray says: {self.message} A job stays PENDING while its runtime env is built "
+            f"or while no node has the resources its entrypoint asks for.")
 
     def save_log(self) -> None:
         try:

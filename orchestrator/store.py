@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -44,6 +45,7 @@ TRIAL_FILE = "trial.json"
 PUBLISHED_FILE = "dashboards.json"  # the URLs of the experiment's published W&B workspace and report
 CLAIMS_FILE = "claims.json"  # the claims' verdicts (orchestrator/claims.py)
 CHECKPOINT_TRACKER = "latest_checkpointed_iteration.txt"  # verl's: the step of its newest checkpoint
+CHECKPOINT_SHARDS = ("model", "optim", "extra_state")  # verl's FSDP checkpoint: one file of each per rank
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
@@ -235,31 +237,111 @@ class MetricStream:
 
 def checkpoint_step(checkpoint_dir: Path) -> int:
     """The step of verl's latest checkpoint (its tracker file), 0 if none."""
+    return _tracker_step(checkpoint_dir) or 0
+
+
+def _tracker_step(checkpoint_dir: Path) -> int | None:
+    """The step in verl's tracker file; None when it is missing or unreadable (verl writes it in place)."""
     try:
         return int((checkpoint_dir / CHECKPOINT_TRACKER).read_text().strip())
     except (OSError, ValueError):
-        return 0
+        return None
+
+
+def _saved_steps(checkpoint_dir: Path) -> list[int]:
+    """The steps of the ``global_step_N`` directories, newest first."""
+    try:
+        names = [p.name.removeprefix("global_step_") for p in checkpoint_dir.glob("global_step_*") if p.is_dir()]
+    except OSError:
+        return []
+    return sorted((int(n) for n in names if n.isdigit()), reverse=True)
+
+
+def checkpoint_problem(step_dir: Path) -> str | None:
+    """Why verl could not resume from this ``global_step_N`` directory, or None when it is complete.
+
+    verl's FSDP checkpoint (``_save_checkpoint``, in this order): every rank writes ``model_``, ``optim_`` and
+    ``extra_state_world_size_W_rank_R.pt`` into ``actor/``, rank 0 writes ``actor/fsdp_config.json`` (W),
+    then ``data.pt`` (the dataloader), and last the tracker file. Every ``.pt`` is a zip archive
+    (``torch.save``), whose directory is at its end, so a file cut short is not a zip file any more. A
+    checkpoint is complete when ``fsdp_config.json`` names W and all 3 W shards and ``data.pt`` are whole
+    archives (a ``critic/`` directory, where there is one, is checked the same way). verl's retention removes
+    only ``actor/`` of an old checkpoint, so such a leftover is incomplete too. Reads only the ends of the files.
+    """
+    files = []
+    for role in ("actor", "critic"):
+        role_dir = step_dir / role
+        if role == "critic" and not role_dir.exists():
+            continue
+        config = read_json(role_dir / "fsdp_config.json", None)
+        world = config.get("world_size") if isinstance(config, dict) else None
+        if not isinstance(world, int) or world < 1:
+            return f"{role}/fsdp_config.json is missing or unreadable"
+        files += [role_dir / f"{kind}_world_size_{world}_rank_{rank}.pt"
+                     for rank in range(world) for kind in CHECKPOINT_SHARDS]
+    for path in [*files, step_dir / "data.pt"]:
+        name = path.relative_to(step_dir)
+        if not path.is_file():
+            return f"{name} is missing"
+        if not zipfile.is_zipfile(path):
+            return f"{name} is cut off ({path.stat().st_size} bytes, not a whole torch archive)"
+    return None
+
+
+@dataclass(frozen=True)
+class ResumeChoice:
+    """The checkpoint a retry resumes from (0: from scratch) and the checkpoints passed over, with why."""
+
+    step: int
+    skipped: tuple[tuple[int, str], ...] = ()
+    tracker_lost: bool = False
+
+    def warning(self) -> str | None:
+        """One line for the trial's record and log when the retry does not resume where verl would."""
+        if not self.skipped and not self.tracker_lost:
+            return None
+        why = "; ".join(f"step {step}: {reason}" for step, reason in self.skipped)
+        if self.tracker_lost:
+            why = f"verl's {CHECKPOINT_TRACKER} is missing or unreadable" + (f"; {why}" if why else "")
+        target = f"the checkpoint of step {self.step}" if self.step else "step 0 (no complete checkpoint left)"
+        return f"resuming from {target}, not from the newest checkpoint: {why}"
+
+
+def choose_resume(checkpoint_dir: Path, logged_steps: set[int]) -> ResumeChoice:
+    """The checkpoint a retry should resume from, made the one verl's ``resume_mode=auto`` picks.
+
+    verl loads whatever its tracker file names and fails on a checkpoint cut off by a crash, on every retry.
+    So before each attempt the newest checkpoint is chosen that is (a) not newer than the tracker (verl writes
+    the tracker last: a newer directory is a save that never finished), (b) logged: verl saves step c's
+    checkpoint BEFORE it logs step c's metrics, and a job killed in between would lose them, and (c) complete
+    (:func:`checkpoint_problem`). The tracker is rewritten to point at it, or removed (start over) when none is
+    left (``0``: verl finds no ``global_step_0`` and starts from scratch). A tracker that is missing or unreadable
+    while checkpoints exist is not trusted for (a): the files decide.
+    """
+    tracker = _tracker_step(checkpoint_dir)
+    saved = _saved_steps(checkpoint_dir)
+    lost = tracker is None and bool(saved)
+    skipped, chosen = [], 0
+    for step in saved:
+        if tracker is not None and step > tracker:
+            continue  # verl ignores it too; its next save of that step overwrites it
+        if step not in logged_steps:
+            skipped.append((step, "saved but its metrics were never logged"))
+            continue
+        problem = checkpoint_problem(checkpoint_dir / f"global_step_{step}")
+        if problem is not None:
+            skipped.append((step, problem))
+            continue
+        chosen = step
+        break
+    if tracker != chosen and (saved or tracker is not None):
+        write_text_atomic(checkpoint_dir / CHECKPOINT_TRACKER, str(chosen))
+    return ResumeChoice(chosen, tuple(skipped), lost)
 
 
 def resume_point(checkpoint_dir: Path, logged_steps: set[int]) -> int:
-    """The checkpoint a retry should resume from, made the one verl's ``resume_mode=auto`` picks.
-
-    verl saves step c's checkpoint BEFORE it logs step c's metrics; a job killed in between would resume
-    after c and step c's training metrics would be lost. So the newest checkpoint whose step was logged is
-    chosen, and verl's tracker file points to it; 0 means start over.
-    """
-    latest = checkpoint_step(checkpoint_dir)
-    if latest == 0 or latest in logged_steps:
-        return latest
-    kept = sorted((int(p.name.removeprefix("global_step_")) for p in checkpoint_dir.glob("global_step_*")
-                   if p.name.removeprefix("global_step_").isdigit()), reverse=True)
-    usable = next((step for step in kept if step < latest and step in logged_steps), 0)
-    tracker = checkpoint_dir / CHECKPOINT_TRACKER
-    if usable:
-        write_text_atomic(tracker, str(usable))
-    else:
-        tracker.unlink(missing_ok=True)
-    return usable
+    """The step :func:`choose_resume` picks (and points verl's tracker at)."""
+    return choose_resume(checkpoint_dir, logged_steps).step
 
 
 # --------------------------------------------------------------------------------------------------------

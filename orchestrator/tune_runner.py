@@ -17,8 +17,10 @@ then longest first) as long as they fit the free slots (:class:`orchestrator.adm
 
 Failure handling is Ray's and verl's: ``FailureConfig(max_failures)`` re-runs a failed controller, which
 resubmits the job; the job resumes from the trial's last verl checkpoint (``trainer.resume_mode=auto`` in a
-directory named by the trial, checkpoints at every validation). An interrupted experiment is restored with
-``Tuner.restore``, which re-runs only the unfinished trials.
+directory named by the trial, checkpoints at every validation); before each attempt the controller passes over a
+checkpoint cut off by a crash (:func:`orchestrator.store.choose_resume`), and a job still PENDING after the
+plan's ``job_start_timeout_s`` is stopped and fails the attempt (docs/orchestration.md#faults). An interrupted
+experiment is restored with ``Tuner.restore``, which re-runs only the unfinished trials.
 
 The experiment directory (``runs/<NAME>/``) is read and written by :mod:`orchestrator.store` only.
 """
@@ -27,16 +29,17 @@ from __future__ import annotations
 
 import os
 import shlex
+import sys
 import time
 import uuid
 from pathlib import Path
 
 from orchestrator.config.plan import ExperimentPlan, PlannedTrial
 from orchestrator.errors import UserError
-from orchestrator.jobs import JobRun, redacted, stop_jobs
+from orchestrator.jobs import JobRun, JobStartTimeout, redacted, stop_jobs
 from orchestrator.rehearsal import drill, drill_step, quiet_resume_drills, should_drill
 from orchestrator.render import render_job, trial_checkpoint_dir
-from orchestrator.store import ExperimentDir, resume_point, summary
+from orchestrator.store import ExperimentDir, choose_resume, summary
 from orchestrator.verl_bridge.patches import install_driver_patches
 
 SLOT_RESOURCE = "verl_slot"
@@ -68,8 +71,12 @@ def trial_controller(config: dict) -> None:
     attempt_dir.mkdir(parents=True, exist_ok=True)
 
     stream = files.stream()
-    resumed_from = resume_point(trial_checkpoint_dir(planned, files.path), stream.steps())
+    # the newest checkpoint that is complete and logged; a cut-off one is passed over, with a warning
+    resume = choose_resume(trial_checkpoint_dir(planned, files.path), stream.steps())
+    resumed_from = resume.step
     stream.truncate_after(resumed_from)
+    if resume.warning():
+        print(f"maspo: trial {planned.name}, attempt {attempt}: {resume.warning()}", file=sys.stderr, flush=True)
 
     render = _import_object(config["renderer"]) if config.get("renderer") else render_job
     job = render(planned, plan, files.path, attempt_dir)
@@ -86,6 +93,8 @@ def trial_controller(config: dict) -> None:
     status["attempts"].append({"attempt": attempt, "submission_id": submission_id, "started": time.time(),
                                "resumed_from_step": resumed_from, "ended": None, "job_status": "PENDING",
                                "slot_nodes": _slot_nodes()})
+    if resume.warning():
+        status["attempts"][-1]["checkpoint_warning"] = resume.warning()
     from orchestrator.scales import gpus_of
 
     status.update(state="running", gpus=1 if plan.rehearse else gpus_of(planned.trial.profile))
@@ -103,16 +112,25 @@ def trial_controller(config: dict) -> None:
             raise drill(step)  # JobRun stops the job on the way out; Tune's FailureConfig retries
 
     run = JobRun(client, job, submission_id, log_path=attempt_dir / "job.log", metadata=identity,
-                 poll_s=float(config.get("poll_s", 1.0)))
+                 poll_s=float(config.get("poll_s", 1.0)), start_timeout_s=plan.job_start_timeout_s)
+    error = None
     try:
         job_status = run.run(report)
+    except JobStartTimeout as err:  # stopped by JobRun; a failed attempt, which Tune's FailureConfig retries
+        error = f"trial {planned.name}, attempt {attempt}: {err}"
+        raise TrialJobFailed(error) from None
     finally:
         status["attempts"][-1].update(ended=time.time(), job_status=run.status)
-        status["state"] = {"SUCCEEDED": "succeeded", "FAILED": "failed"}.get(run.status, "stopped")
+        if error:
+            status["attempts"][-1]["error"] = error
+        status["state"] = "failed" if error else {"SUCCEEDED": "succeeded", "FAILED": "failed"}.get(run.status,
+                                                                                                    "stopped")
         files.write_status(status)
     if job_status != "SUCCEEDED":
         log_tail = _last_lines(attempt_dir / "job.log", 5)
-        raise TrialJobFailed(f"verl job {submission_id} ended {job_status}; log: {attempt_dir / 'job.log'}\n{log_tail}")
+        said = f" ({run.message})" if run.message else ""
+        raise TrialJobFailed(f"verl job {submission_id} ended {job_status}{said}; log: {attempt_dir / 'job.log'}"
+                             f"\n{log_tail}")
 
 
 def _slot_nodes() -> list[str]:

@@ -226,17 +226,17 @@ def test_the_paper_matrix_dry_runs_with_gpus_and_gpu_hours(args, trials, gpus):
 
 def test_resume_point_skips_a_checkpoint_whose_step_was_never_logged(tmp_path):
     from orchestrator.store import resume_point
+    from tests.standin_job import save_checkpoint
 
     ckpt = tmp_path / "checkpoints"
     for step in (1, 2):
-        (ckpt / f"global_step_{step}").mkdir(parents=True)
+        save_checkpoint(ckpt, step)  # verl's layout (tests/test_reliability.py checks it against verl's source)
     tracker = ckpt / "latest_checkpointed_iteration.txt"
-    tracker.write_text("2")
     assert resume_point(ckpt, {0, 1, 2}) == 2 and tracker.read_text() == "2"
     # killed after saving step 2 but before logging it: verl must redo step 2, from the step-1 checkpoint
     assert resume_point(ckpt, {0, 1}) == 1 and tracker.read_text() == "1"
     tracker.write_text("1")
-    assert resume_point(ckpt, {0}) == 0 and not tracker.exists()  # nothing usable: start over
+    assert resume_point(ckpt, {0}) == 0 and tracker.read_text() == "0"  # nothing usable: verl starts over
     assert resume_point(tmp_path / "none", set()) == 0
 
 

@@ -46,6 +46,9 @@ class ExperimentPlan(BaseModel):
     max_concurrent: int | None = Field(
         None, ge=1, description="trials at a time; None fills the cluster (as many as its verl_slots allow)")
     max_failures: int = Field(2, ge=0)
+    job_start_timeout_s: float = Field(
+        900.0, gt=0, description="a trial's Ray Job still PENDING this long (runtime env not built, entrypoint "
+                                 "resources missing) is stopped and the attempt fails (Ray's own default is 900 s)")
     slots_per_trial: int = Field(1, ge=1, description="verl_slots of the widest trial (one per node it spans)")
     rehearse: bool = Field(False, description="an a100 experiment rehearsed on CPU (orchestrator/rehearsal.py)")
     trials: list[PlannedTrial]
