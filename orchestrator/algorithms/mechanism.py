@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-PREFIX = "mechanism/"
+PREFIX = "actor/mechanism/"  # verl prefixes the actor's metrics with actor/ (update_actor)
 REFERENCE_EPS = 0.2  # the hard clip the metrics compare with: rho outside [1 - 0.2, 1 + 0.2]
 KEEP_THRESHOLD = 0.5  # a token's gradient is "suppressed" below this weight, "kept" above it
 
@@ -175,7 +175,7 @@ def micro_batch_sums(
 
 
 def metrics_from_sums(sums: torch.Tensor | Mapping[str, float], last_update: bool) -> dict[str, float]:
-    """One update's metrics (``mechanism/<name>``) from its summed ``SUMS``; see ``METRICS``."""
+    """One update's metrics (``actor/mechanism/<name>``) from its summed ``SUMS``; see ``METRICS``."""
     if not isinstance(sums, Mapping):
         sums = dict(zip(SUMS, (float(v) for v in sums)))
     table = {**METRICS, **(LAST_UPDATE if last_update else {})}

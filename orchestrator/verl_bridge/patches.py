@@ -181,7 +181,7 @@ MANIFEST: tuple[Patch, ...] = (
     Patch("train_batch_hook", ENGINE_WORKERS, "TrainingWorker.train_batch", Condition.ALWAYS,
           "BAPO searches its clipping bounds once per policy update over the whole mini-batch (all data-parallel "
           "ranks); a loss only sees one micro-batch: train_batch runs the search first. For every loss it turns "
-          "the update's mechanism sums (all ranks) into the mechanism/* metrics of its output.",
+          "the update's mechanism sums (all ranks) into the actor/mechanism/* metrics of its output.",
           f"{_VB}.actor_hooks:wrap_train_batch", signature=("self", "data"),
           requires=("ActorRolloutRefWorker.init_model", "TrainingWorker.train_mini_batch"),
           contract=f"{_VB}.actor_hooks:loss_fn_contract",
