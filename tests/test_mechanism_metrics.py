@@ -167,3 +167,41 @@ def test_micro_batch_sums_of_grpo_and_maspo_off_policy():
     assert out["maspo"][p + "kept_frac"] == 0.5 and out["maspo"][p + "suppressed_frac"] == 0.0
     assert out["grpo"][p + "pos_mass_clipped"] == pytest.approx(0.5)
     assert out["grpo"][p + "ratio_dev_last"] == pytest.approx((0.5 + 0.05 + 0.4 + 0.05) / 4)
+
+
+def test_the_train_batch_hook_sums_micro_batches_before_dividing():
+    """One update = its micro-batches' sums added, then divided (not a mean of per-micro-batch ratios); the
+    last-update value only on the update verl flags; a critic's update passes through untouched."""
+    import functools
+    import types
+
+    from verl.utils import tensordict_utils as tu
+
+    from orchestrator.verl_bridge import actor_hooks
+
+    def micro(tokens, outside, abs_dev):
+        values = dict.fromkeys(mechanism.SUMS, 0.0) | {"tokens": tokens, "outside": outside, "abs_dev": abs_dev}
+        return torch.tensor([values[n] for n in mechanism.SUMS], dtype=torch.float64)
+
+    def verl_train_batch(self, data):  # what verl's engine does: one ppo_loss call per micro-batch
+        recorded = actor_hooks._mechanism_sums.get()  # what ppo_loss_hook appends to (None: records nothing)
+        for sums in (micro(10, 5, 1.0), micro(30, 0, 2.0)):
+            if recorded is not None:
+                recorded.append(sums)
+        return tu.get_tensordict({}, non_tensor_dict={"metrics": {"grad_norm": 1.0}})
+
+    hooked = actor_hooks.wrap_train_batch(verl_train_batch)
+    config = types.SimpleNamespace(policy_loss={"loss_mode": "vanilla"})
+    worker = types.SimpleNamespace(loss_fn=functools.partial(lambda config, model_output, data: None, config=config))
+    p = mechanism.PREFIX
+    for last in (False, True):
+        data = tu.get_tensordict({}, non_tensor_dict={"update_lr_scheduler": last})
+        metrics = tu.get(hooked(worker, data), "metrics")
+        assert metrics["grad_norm"] == 1.0
+        assert metrics[p + "outside_clip_frac"] == pytest.approx(5 / 40)  # not (0.5 + 0) / 2
+        assert metrics[p + "ratio_dev"] == pytest.approx(3 / 40)
+        assert (p + "ratio_dev_last" in metrics) is last
+        assert p + "pos_mass_clipped" not in metrics  # no A > 0 token in this update
+    critic = types.SimpleNamespace(loss_fn=functools.partial(lambda config, model_output, data: None,
+                                                             config=types.SimpleNamespace(cliprange_value=0.5)))
+    assert tu.get(hooked(critic, tu.get_tensordict({}, non_tensor_dict={})), "metrics") == {"grad_norm": 1.0}

@@ -236,6 +236,34 @@ def test_bapo_hook_fails_loudly_when_verl_drops_the_partial(tmp_path, monkeypatc
         patches.verify(patches.get("train_batch_hook"), changed)
 
 
+def test_train_batch_hook_fails_loudly_when_verl_stops_flagging_the_last_update(tmp_path, monkeypatch):
+    """The mechanism metrics' last-update value reads ``update_lr_scheduler``, set by ``train_mini_batch``."""
+    from orchestrator.verl_bridge import actor_hooks
+
+    write_package(tmp_path, "maspo_fake_engine_workers2", """
+        from functools import partial
+
+        class ActorRolloutRefWorker:
+            def init_model(self):
+                self.loss_fn = partial(ppo_loss, config=self.actor_config)
+
+        class TrainingWorker:
+            def train_batch(self, data):
+                pass
+
+            def train_mini_batch(self, data):
+                for batch_idx, mini_batch_td in enumerate(data):
+                    self.train_batch(mini_batch_td)  # verl no longer flags the last update
+    """)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import maspo_fake_engine_workers2.mod as changed
+
+    problem = actor_hooks.loss_fn_contract(changed)
+    assert problem and "update_lr_scheduler" in problem
+    with pytest.raises(PatchTargetError, match="^patch 'train_batch_hook': TrainingWorker.train_mini_batch"):
+        patches.verify(patches.get("train_batch_hook"), changed)
+
+
 def test_the_plugin_makes_import_verl_fail_when_a_target_is_missing():
     """verl's plugin loader swallows exceptions: a patch failure must still stop ``import verl``, by name."""
     code = textwrap.dedent("""
