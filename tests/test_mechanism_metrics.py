@@ -120,7 +120,8 @@ def test_token_sums_and_metrics_by_hand():
     assert set(m) == {mechanism.PREFIX + n for n in mechanism.METRICS}
     p = mechanism.PREFIX
     assert m[p + "outside_clip_frac"] == pytest.approx(5 / 7)
-    assert m[p + "outside_clip_frac_pos"] == pytest.approx(3 / 7) and m[p + "outside_clip_frac_neg"] == pytest.approx(2 / 7)
+    assert m[p + "outside_clip_frac_pos"] == pytest.approx(3 / 7)
+    assert m[p + "outside_clip_frac_neg"] == pytest.approx(2 / 7)
     assert m[p + "hard_clip_frac"] == pytest.approx(2 / 7)
     assert m[p + "suppressed_frac"] == pytest.approx(2 / 7)
     assert m[p + "kept_frac"] == pytest.approx(1 / 7)

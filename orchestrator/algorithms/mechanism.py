@@ -104,8 +104,8 @@ def gradient_weights(
         if is_weights is not None:
             plain = plain * is_weights
         batch_info = dict(getattr(config, "global_batch_info", None) or {})
-        reference = agg_loss(loss_mat=plain, loss_mask=mask, loss_agg_mode=FIXED_AGGREGATION.get(loss_mode, loss_agg_mode),
-                             **batch_info)
+        mode = FIXED_AGGREGATION.get(loss_mode, loss_agg_mode)
+        reference = agg_loss(loss_mat=plain, loss_mask=mask, loss_agg_mode=mode, **batch_info)
         (grad_ref,) = torch.autograd.grad(reference, lp_ref)
     defined = mask & (grad_ref != 0) & (adv != 0)
     weights = torch.where(defined, grad / torch.where(defined, grad_ref, torch.ones_like(grad_ref)),

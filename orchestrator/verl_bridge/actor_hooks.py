@@ -1,9 +1,11 @@
-"""The two hooks in verl's actor update path that registered policy losses cannot do without.
+"""The two hooks in verl's actor update path: what registered policy losses cannot do without, and the
+mechanism metrics of every loss.
 
 verl 0.9.1's actor update: ``TrainingWorker.train_mini_batch`` splits a step's batch into mini-batches
 (one optimizer step each) and calls ``TrainingWorker.train_batch`` per mini-batch; the engine splits that
 into micro-batches and calls ``ppo_loss(config, model_output, data)`` per micro-batch, which calls the
-registered policy loss. Two baselines need what that call does not pass:
+registered policy loss. Two baselines need what that call does not pass, and the mechanism metrics need more
+than one micro-batch:
 
 1. Entropy Advantage needs the *current* policy's per-token entropy. ``model_output["entropy"]`` holds it
    when ``actor.calculate_entropy=True`` (the algorithm's overrides set it). ``ppo_loss`` is wrapped to
@@ -13,17 +15,23 @@ registered policy loss. Two baselines need what that call does not pass:
    ``infer_batch``, with the training micro-batch sizes) that sums Eq. 8's contributions along the
    bound path, all-reduces them across data-parallel ranks, and fixes the chosen bounds for every
    micro-batch of the update. Cost: one extra forward per mini-batch, for BAPO only.
+3. The mechanism metrics (``algorithms.mechanism``, docs/algorithms.md#mechanism-metrics), for every loss:
+   the ``ppo_loss`` wrapper calls the registered loss once more on detached copies of the micro-batch's tensors
+   (its per-token gradient weight by autograd) and appends the micro-batch's token sums to the update's list;
+   the ``train_batch`` wrapper sets that list up, all-reduces its total over the data-parallel ranks, and adds
+   the update's ``actor/mechanism/*`` metrics to verl's. verl averages them over the step's updates.
 
-Both wrappers are pass-through for every other loss. They are installed by the patch manifest
-(``orchestrator.verl_bridge.patches``: ``ppo_loss_hook``, ``ppo_loss_hook_engine_workers``,
-``train_batch_hook``; see docs/patches.md); the ``engine_workers`` ones when that module is first imported
-(a heavy module the driver never needs).
+The entropy and the BAPO search pass through for every other loss; a critic's ``train_batch`` passes through
+entirely. They are installed by the patch manifest (``orchestrator.verl_bridge.patches``: ``ppo_loss_hook``,
+``ppo_loss_hook_engine_workers``, ``train_batch_hook``; see docs/patches.md); the ``engine_workers`` ones when
+that module is first imported (a heavy module the driver never needs).
 
-The BAPO hook reads the actor's loss configuration from ``TrainingWorker.loss_fn``, which verl 0.9.1 builds as
-``functools.partial(ppo_loss, config=actor_config)``. If verl stops doing so, the hook cannot tell BAPO's loss
-mode, and BAPO would fall back to per-micro-batch bounds without a word: so the manifest checks that contract
-when it installs the hook (``loss_fn_contract``), and the hook raises ``PatchTargetError`` when a worker's
-``loss_fn`` does not carry the config.
+The ``train_batch`` hook reads the actor's loss configuration from ``TrainingWorker.loss_fn``, which verl 0.9.1
+builds as ``functools.partial(ppo_loss, config=actor_config)``. If verl stops doing so, the hook cannot tell
+BAPO's loss mode, and BAPO would fall back to per-micro-batch bounds without a word: so the manifest checks that
+contract when it installs the hook (``loss_fn_contract``, which also checks the ``update_lr_scheduler`` flag the
+last-update metric reads), and the hook raises ``PatchTargetError`` when a worker's ``loss_fn`` does not carry
+the config.
 """
 
 from __future__ import annotations
