@@ -130,6 +130,22 @@ def test_every_loss_drives_verls_fsdp_actor_update(actor_updates, name):
     if name == "entropy_adv":
         # the shaping bonus is positive: it reached the loss with the current policy's entropy
         assert metrics["actor/maspo/entropy_adv_bonus"] != 0
+    assert_mechanism_metrics(name, metrics, result["raw_metrics"][0])
+
+
+def assert_mechanism_metrics(name: str, metrics: dict, raw: dict) -> None:
+    """Every mechanism metric, finite, one value per update (the last-update one once), consistent."""
+    from orchestrator.algorithms.mechanism import NAMES, PREFIX
+
+    for key in NAMES:
+        assert key in metrics and math.isfinite(metrics[key]), key
+        assert 0 <= metrics[key] <= (10 if key.endswith(("grad_weight_mean", "ratio_dev", "ratio_dev_last")) else 1)
+    assert len(raw[PREFIX + "ratio_dev"]) == 2 and raw[PREFIX + "ratio_dev_last"] == [raw[PREFIX + "ratio_dev"][-1]]
+    m = {key[len(PREFIX):]: metrics[key] for key in NAMES}
+    assert m["outside_clip_frac_pos"] + m["outside_clip_frac_neg"] <= m["outside_clip_frac"] + 1e-12
+    assert m["kept_frac"] <= m["hard_clip_frac"] + 1e-12
+    if name in ("grpo", "entropy_reg"):  # a hard clip at 0.2: it zeroes exactly what it clips, keeps none of it
+        assert m["kept_frac"] == 0 and m["suppressed_frac"] >= m["hard_clip_frac"]
 
 
 @pytest.mark.slow

@@ -125,9 +125,9 @@ def test_the_version_mismatch_is_a_warning_and_appears_in_every_failure(monkeypa
         warnings.simplefilter("error")
         patches.check_verl_version()  # once per process
     with pytest.raises(PatchTargetError, match=re.escape(
-            "patch 'bapo_minibatch_bounds': verl.workers.engine_workers.TrainingWorker.train_batch not found "
+            "patch 'train_batch_hook': verl.workers.engine_workers.TrainingWorker.train_batch not found "
             "(verl 0.9.1 expected, 0.9.2 installed")):
-        patches.apply(patches.get("bapo_minibatch_bounds"), types.ModuleType("verl.workers.engine_workers"))
+        patches.apply(patches.get("train_batch_hook"), types.ModuleType("verl.workers.engine_workers"))
 
 
 def write_package(root: Path, package: str, source: str) -> None:
@@ -208,11 +208,11 @@ def test_bapo_hook_fails_loudly_when_verl_drops_the_partial(tmp_path, monkeypatc
     worker = types.SimpleNamespace(loss_fn=functools.partial(lambda config, model_output, data: None, config=config))
     assert actor_hooks.actor_loss_config(worker) is config
     assert actor_hooks.actor_loss_config(types.SimpleNamespace(loss_fn=None)) is None
-    with pytest.raises(PatchTargetError, match="^patch 'bapo_minibatch_bounds': TrainingWorker.loss_fn is"):
+    with pytest.raises(PatchTargetError, match="^patch 'train_batch_hook': TrainingWorker.loss_fn is"):
         actor_hooks.actor_loss_config(types.SimpleNamespace(loss_fn=lambda config, model_output, data: None))
 
     train_batch = actor_hooks.wrap_train_batch(lambda self, data: "trained")
-    with pytest.raises(PatchTargetError, match="bapo_minibatch_bounds"):
+    with pytest.raises(PatchTargetError, match="train_batch_hook"):
         train_batch(types.SimpleNamespace(loss_fn=print), data=None)
 
     # and at install time: the contract is read from ActorRolloutRefWorker.init_model
@@ -232,8 +232,36 @@ def test_bapo_hook_fails_loudly_when_verl_drops_the_partial(tmp_path, monkeypatc
     changed.TrainingWorker = engine_workers.TrainingWorker
     problem = actor_hooks.loss_fn_contract(changed)
     assert problem and "partial(ppo_loss, config=" in problem
-    with pytest.raises(PatchTargetError, match="^patch 'bapo_minibatch_bounds': ActorRolloutRefWorker.init_model"):
-        patches.verify(patches.get("bapo_minibatch_bounds"), changed)
+    with pytest.raises(PatchTargetError, match="^patch 'train_batch_hook': ActorRolloutRefWorker.init_model"):
+        patches.verify(patches.get("train_batch_hook"), changed)
+
+
+def test_train_batch_hook_fails_loudly_when_verl_stops_flagging_the_last_update(tmp_path, monkeypatch):
+    """The mechanism metrics' last-update value reads ``update_lr_scheduler``, set by ``train_mini_batch``."""
+    from orchestrator.verl_bridge import actor_hooks
+
+    write_package(tmp_path, "maspo_fake_engine_workers2", """
+        from functools import partial
+
+        class ActorRolloutRefWorker:
+            def init_model(self):
+                self.loss_fn = partial(ppo_loss, config=self.actor_config)
+
+        class TrainingWorker:
+            def train_batch(self, data):
+                pass
+
+            def train_mini_batch(self, data):
+                for batch_idx, mini_batch_td in enumerate(data):
+                    self.train_batch(mini_batch_td)  # verl no longer flags the last update
+    """)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import maspo_fake_engine_workers2.mod as changed
+
+    problem = actor_hooks.loss_fn_contract(changed)
+    assert problem and "update_lr_scheduler" in problem
+    with pytest.raises(PatchTargetError, match="^patch 'train_batch_hook': TrainingWorker.train_mini_batch"):
+        patches.verify(patches.get("train_batch_hook"), changed)
 
 
 def test_the_plugin_makes_import_verl_fail_when_a_target_is_missing():
@@ -247,7 +275,7 @@ def test_the_plugin_makes_import_verl_fail_when_a_target_is_missing():
     env["PYTHONPATH"] = str(ROOT)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0
-    assert ("PluginLoadError: patch 'entropy_adv_entropy': verl.workers.utils.losses.ppo_loss not found "
+    assert ("PluginLoadError: patch 'ppo_loss_hook': verl.workers.utils.losses.ppo_loss not found "
             "(verl 0.9.1 expected, 0.9.1 installed") in out.stderr
 
 

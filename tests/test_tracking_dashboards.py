@@ -258,7 +258,7 @@ def test_wandb_views_match_golden_json(case, monkeypatch):
     # what the generated JSON says, in words
     workspace = dashboards.to_json(views["workspace"])
     sections = workspace["spec"]["section"]["panelBankConfig"]["sections"]
-    assert [s["name"] for s in sections] == ["Training dynamics", "Validation", "Pass@k against k",
+    assert [s["name"] for s in sections] == ["Training dynamics", "Mechanism", "Validation", "Pass@k against k",
                                              "Alpha-beta study"]
     k = args["validation"].k
     lines = [p["config"] for s in sections for p in s["panels"] if p["viewType"] == "Run History Line Plot"]
@@ -279,6 +279,11 @@ def test_wandb_views_match_golden_json(case, monkeypatch):
                                   for j in (1, 2, 4, 8, 16, 32) if j <= k]
     assert {"actor/entropy", "critic/score/mean", "response_length/mean", "actor/pg_clipfrac",
             "actor/maspo/gate_mean"} <= plotted
+    # the mechanism group plots every mechanism metric but the every-update |rho - 1| (its last-update value is)
+    from orchestrator.algorithms.mechanism import NAMES, PREFIX
+
+    mechanism = [p["config"] for s in sections if s["name"] == "Mechanism" for p in s["panels"]]
+    assert {m for c in mechanism for m in c["metrics"]} == set(NAMES) - {PREFIX + "ratio_dev"}
     [parallel] = [p["config"] for s in sections for p in s["panels"] if p["viewType"] == "Parallel Coordinates Plot"]
     assert [c["accessor"] for c in parallel["columns"]] == [
         "config:maspo.value.hyperparameters.alpha", "config:maspo.value.hyperparameters.beta_high",
@@ -331,6 +336,8 @@ def test_publish_without_credentials_is_a_clear_error(tmp_path, monkeypatch):
 
 def make_experiment(root: Path, name: str = "demo") -> Path:
     """A sweep with two (alpha, beta) settings and GRPO, two seeds each, with verl-shaped metrics.jsonl files."""
+    from orchestrator.algorithms.mechanism import NAMES as mechanism_names
+
     runs = root / "runs"
     exp = runs / name
     planned = []
@@ -353,6 +360,7 @@ def make_experiment(root: Path, name: str = "demo") -> Path:
                     data = {"actor/entropy": 1 - 0.05 * step + shift + 0.01 * seed, "training/global_step": step,
                             "critic/score/mean": -0.5 + 0.05 * step + shift, "response_length/mean": 10 + seed,
                             "actor/pg_clipfrac": 0.01 + 0.001 * step}
+                    data.update({key: 0.01 * step + shift + 0.1 for key in mechanism_names})
                     if algorithm == "maspo":
                         data.update({"actor/maspo/gate_mean": 0.9 + shift, "actor/maspo/gated_frac": 0.1})
                 if step % 4 == 0:

@@ -167,22 +167,25 @@ MANIFEST: tuple[Patch, ...] = (
           f"local step and validation: poll every 0.1 s on CPU, or every ${POLL_ENV} s.",
           f"{_VB}.batch_order:wrap_init", signature=("self", ANY), contract=f"{_VB}.batch_order:poll_contract"),
     # ---- every verl process, both profiles
-    Patch("entropy_adv_entropy", "verl.workers.utils.losses", "ppo_loss", Condition.ALWAYS,
+    Patch("ppo_loss_hook", "verl.workers.utils.losses", "ppo_loss", Condition.ALWAYS,
           "A registered policy loss never sees the current policy's per-token entropy, which Entropy Advantage "
-          "needs: ppo_loss hands it to the loss (bound before engine_workers imports the name).",
+          "needs: ppo_loss hands it to the loss; and for every loss it sums the mechanism metrics' token counts "
+          "of the micro-batch (bound before engine_workers imports the name).",
           f"{_VB}.actor_hooks:wrap_ppo_loss", signature=("config", "model_output", "data", "dp_group"), eager=True,
-          acts="loss_mode=entropy_adv"),
-    Patch("entropy_adv_entropy_engine_workers", ENGINE_WORKERS, "ppo_loss", Condition.ALWAYS,
+          acts="entropy: loss_mode=entropy_adv; mechanism sums: every actor update"),
+    Patch("ppo_loss_hook_engine_workers", ENGINE_WORKERS, "ppo_loss", Condition.ALWAYS,
           "The same hook on the name the actor worker builds its loss from, in case engine_workers was imported "
           "before the plugin.",
           f"{_VB}.actor_hooks:wrap_ppo_loss", signature=("config", "model_output", "data", "dp_group"),
-          acts="loss_mode=entropy_adv"),
-    Patch("bapo_minibatch_bounds", ENGINE_WORKERS, "TrainingWorker.train_batch", Condition.ALWAYS,
+          acts="entropy: loss_mode=entropy_adv; mechanism sums: every actor update"),
+    Patch("train_batch_hook", ENGINE_WORKERS, "TrainingWorker.train_batch", Condition.ALWAYS,
           "BAPO searches its clipping bounds once per policy update over the whole mini-batch (all data-parallel "
-          "ranks); a loss only sees one micro-batch: train_batch runs the search first.",
+          "ranks); a loss only sees one micro-batch: train_batch runs the search first. For every loss it turns "
+          "the update's mechanism sums (all ranks) into the actor/mechanism/* metrics of its output.",
           f"{_VB}.actor_hooks:wrap_train_batch", signature=("self", "data"),
-          requires=("ActorRolloutRefWorker.init_model",), contract=f"{_VB}.actor_hooks:loss_fn_contract",
-          acts="loss_mode=bapo"),
+          requires=("ActorRolloutRefWorker.init_model", "TrainingWorker.train_mini_batch"),
+          contract=f"{_VB}.actor_hooks:loss_fn_contract",
+          acts="bounds: loss_mode=bapo; mechanism metrics: every actor update"),
     Patch("validation_pass_at_k", TRAINER_BASE, "PPOTrainer._val_metrics_update", Condition.ALWAYS,
           "The paper's metrics where verl computes its validation metrics, so every logger sees them: unbiased "
           "Pass@k per benchmark and the average over benchmarks (the sweeps rank trials on it).",
