@@ -12,6 +12,15 @@ terminal must reach only our driver, which then stops jobs and cluster in order)
 SIGTERM or SIGHUP without cleaning up would leave it and its verl jobs running. ``terminate_as_interrupt``
 makes those two signals a Ctrl-C: Tune stops the experiment and saves its state (``maspo resume`` continues it),
 ``maspo run`` stops its job, and the cluster is stopped on the way out.
+
+SIGKILL cannot be caught: a driver killed so (the OOM killer, ``kill -9``) leaves its cluster and the cluster's
+verl jobs running. So a cluster started for an experiment directory records itself there (``local-ray.json``,
+written by :mod:`orchestrator.store`: the pid and session of ``ray start``, its temp dir, ports, host) and every
+process of it carries ``MASPO_LOCAL_RAY=<temp dir>`` in its environment (Ray passes its environment on to GCS,
+raylet, workers and the jobs' entrypoints). The next command on that directory, which holds the experiment's
+lock and so knows the recorded cluster's driver is dead, stops the orphan before it starts its own
+(:func:`stop_orphaned_cluster`): its jobs through the job API, ``ray start`` with SIGTERM, then every process
+that is left of the cluster's session or carries its marker, with SIGKILL.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import signal
 import socket
 import subprocess
@@ -26,6 +36,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+MARKER = "MASPO_LOCAL_RAY"  # in the environment of every process of a private local cluster: its temp dir
 
 
 def _interrupt(signum, frame) -> None:
@@ -69,8 +81,12 @@ class LocalRayCluster:
     """A private single-node Ray cluster; ``with LocalRayCluster() as ray: ray.job_client()``."""
 
     def __init__(self, num_cpus: int = 16, num_gpus: int = 1, log_dir: Path | None = None, start_timeout: float = 180,
-                 resources: dict[str, float] | None = None):
+                 resources: dict[str, float] | None = None, record_dir: Path | None = None):
+        """``record_dir``: the experiment (or ``maspo run``) directory the cluster works for; a cluster a killed
+        command left recorded there is stopped first, and this one is recorded there while it runs."""
         self.num_cpus, self.num_gpus, self.start_timeout = num_cpus, num_gpus, start_timeout
+        self.record_dir = record_dir
+        self.orphan: dict | None = None  # what start() found and stopped of a killed command's cluster
         self.resources = dict(resources or {})
         # unix socket paths must stay short: a short temp dir under /tmp
         self.temp_dir = Path(tempfile.mkdtemp(prefix="maspo-ray-", dir="/tmp"))
@@ -78,7 +94,8 @@ class LocalRayCluster:
         self.process: subprocess.Popen | None = None
         (self.gcs_port, self.dashboard_port, self.agent_port, self.agent_grpc_port, self.runtime_env_port,
          self.metrics_port, self.client_port, self.node_manager_port, self.object_manager_port) = free_ports(9)
-        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+                    MARKER: str(self.temp_dir)}
 
     @property
     def address(self) -> str:
@@ -90,6 +107,8 @@ class LocalRayCluster:
 
     def start(self) -> LocalRayCluster:
         terminate_as_interrupt()  # a killed driver still stops this cluster (see the module docstring)
+        if self.record_dir is not None:
+            self.orphan = stop_orphaned_cluster(self.record_dir)
         ray = str(Path(sys.executable).with_name("ray"))
         command = [
             ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={self.gcs_port}",
@@ -106,6 +125,14 @@ class LocalRayCluster:
         log = open(self.log_path, "w")
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env,
                                         start_new_session=True)
+        if self.record_dir is not None:
+            from orchestrator.store import process_started, write_local_ray_record
+
+            write_local_ray_record(self.record_dir, {
+                "pid": self.process.pid, "session": self.process.pid, "host": socket.gethostname(),
+                "pid_started": process_started(self.process.pid), "temp_dir": str(self.temp_dir),
+                "address": self.address, "dashboard_url": self.dashboard_url, "driver_pid": os.getpid(),
+                "started": time.time()})
         self._wait_for_job_agent()
         return self
 
@@ -175,6 +202,11 @@ class LocalRayCluster:
             except subprocess.TimeoutExpired:
                 pass
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+        if self.record_dir is not None and self.process is not None:
+            from orchestrator.store import clear_local_ray_record, local_ray_record
+
+            if local_ray_record(self.record_dir).get("temp_dir") == str(self.temp_dir):
+                clear_local_ray_record(self.record_dir)
 
     def __enter__(self) -> LocalRayCluster:
         try:
@@ -185,3 +217,102 @@ class LocalRayCluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+# --------------------------------------------------------------------------------------------------------
+# a killed command's cluster
+
+
+def cluster_processes(temp_dir: str, session: int | None) -> dict[int, str]:
+    """The live processes of a private cluster, {pid: command line}: those whose environment carries its marker,
+    and those left in the session of its ``ray start`` (Ray's dashboard modules rewrite their environment). Only
+    this user's processes are readable; this process and its own session are never counted."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return {}
+    entry, own_session, found = f"{MARKER}={temp_dir}".encode(), os.getsid(0), {}
+    for path in proc.iterdir():
+        if not path.name.isdigit() or int(path.name) == os.getpid():
+            continue
+        try:
+            state, _, _, sid = (path / "stat").read_text().rsplit(")", 1)[1].split()[:4]
+            try:
+                tagged = entry in (path / "environ").read_bytes().split(b"\0")
+            except PermissionError:  # another user's
+                continue
+            cmdline = (path / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except (OSError, ValueError):  # gone meanwhile
+            continue
+        if state != "Z" and (tagged or (session is not None and int(sid) == session != own_session)):
+            found[int(path.name)] = cmdline
+    return found
+
+
+def stop_orphaned_cluster(directory: Path, wait_s: float = 45) -> dict | None:
+    """Stop the private cluster a killed command recorded in ``directory`` (see the module docstring).
+
+    The caller holds the directory's lock, so a recorded cluster's driver is gone. Returns what was found
+    (the record, with ``processes``: how many of its processes still ran), or None when nothing was recorded.
+    A cluster recorded on another host cannot be reached from here: its record stays, and a
+    :class:`~orchestrator.errors.UserError` says so.
+    """
+    from orchestrator.errors import UserError
+    from orchestrator.store import clear_local_ray_record, local_ray_record
+
+    record = local_ray_record(directory)
+    if not record.get("temp_dir"):
+        return None
+    if record.get("host") != socket.gethostname():
+        raise UserError(f"{directory / 'local-ray.json'} records a private Ray cluster on host {record.get('host')}, "
+                        f"started by a command that no longer holds the experiment; stop it there (its processes "
+                        f"carry {MARKER}={record['temp_dir']}), then delete that file")
+    temp_dir, session = str(record["temp_dir"]), record.get("session")
+    session = int(session) if isinstance(session, int) else None
+    found = cluster_processes(temp_dir, session)
+    record["processes"] = len(found)
+    if found:
+        _stop_recorded_jobs(record.get("dashboard_url"))
+        pid = record.get("pid")
+        if isinstance(pid, int) and pid in found:  # ray start itself: drains the node and stops its processes
+            _signal(pid, signal.SIGTERM)
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline and pid in cluster_processes(temp_dir, session):
+                time.sleep(0.5)
+        for _ in range(3):  # whatever is left, including jobs in sessions of their own
+            left = cluster_processes(temp_dir, session)
+            if not left:
+                break
+            for other in left:
+                _signal(other, signal.SIGKILL)
+            time.sleep(1.0)
+        record["left"] = len(cluster_processes(temp_dir, session))
+    if temp_dir.startswith("/tmp/maspo-ray-"):
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    clear_local_ray_record(directory)
+    return record
+
+
+def _stop_recorded_jobs(dashboard_url: str | None, wait_s: float = 30) -> None:
+    """Stop the jobs of a recorded cluster through its job API (their ``finally`` blocks run), best effort."""
+    if not dashboard_url:
+        return
+    try:
+        from ray.job_submission import JobSubmissionClient
+
+        client = JobSubmissionClient(dashboard_url)
+        running = [j.submission_id for j in client.list_jobs() if not j.status.is_terminal() and j.submission_id]
+        for submission_id in running:
+            client.stop_job(submission_id)
+        deadline = time.monotonic() + wait_s
+        while running and time.monotonic() < deadline:
+            time.sleep(0.5)
+            running = [s for s in running if not client.get_job_status(s).is_terminal()]
+    except Exception:  # noqa: BLE001 (its dashboard may be gone: the processes are killed next)
+        pass
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -63,6 +63,16 @@ def trial_controller(config: dict) -> None:
     planned = next(t for t in plan.trials if t.name == config["trial"])
     files = experiment.trial(planned.name)
     status = files.status()
+    if status.get("state") == "succeeded":  # its job ended before a killed driver's Tune state could say so
+        tune.report({**summary(files.records()), "attempt": len(status["attempts"]), "resumed_from_step": 0})
+        return
+
+    client = JobSubmissionClient(_dashboard_url())
+    identity = {"maspo_experiment": plan.name, "maspo_trial": planned.name}
+    # a restored trial's previous job may still run (a driver killed by SIGKILL cannot stop it): it must have
+    # ended before the checkpoint is read and a new job writes the same checkpoint directory
+    _end_previous_jobs(client, identity, status)
+    files.write_status(status)
     attempt = len(status["attempts"]) + 1
     attempt_dir = files.attempt_dir(attempt)
     attempt_dir.mkdir(parents=True, exist_ok=True)
@@ -79,9 +89,6 @@ def trial_controller(config: dict) -> None:
         "entrypoint": job.entrypoint(), "env": redacted(job.env),
     })
 
-    client = JobSubmissionClient(_dashboard_url())
-    identity = {"maspo_experiment": plan.name, "maspo_trial": planned.name}
-    stop_jobs(client, identity)  # a restored trial's previous job may still run (its controller was killed)
     submission_id = f"{planned.name}-a{attempt}-{uuid.uuid4().hex[:6]}"
     status["attempts"].append({"attempt": attempt, "submission_id": submission_id, "started": time.time(),
                                "resumed_from_step": resumed_from, "ended": None, "job_status": "PENDING",
@@ -113,6 +120,24 @@ def trial_controller(config: dict) -> None:
     if job_status != "SUCCEEDED":
         log_tail = _last_lines(attempt_dir / "job.log", 5)
         raise TrialJobFailed(f"verl job {submission_id} ended {job_status}; log: {attempt_dir / 'job.log'}\n{log_tail}")
+
+
+PREVIOUS_JOB_STOP_S = 120.0  # verl gets SIGTERM, then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S (3 s by default)
+
+
+def _end_previous_jobs(client, identity: dict[str, str], status: dict) -> None:
+    """Stop every job of this trial still running on the cluster and wait until each has ended; record how the
+    last attempt ended if its controller could not (it died with a killed driver)."""
+    stopped = stop_jobs(client, identity, wait_s=PREVIOUS_JOB_STOP_S)
+    last = status["attempts"][-1] if status["attempts"] else None
+    if last is not None and last.get("ended") is None:
+        try:
+            job_status = str(client.get_job_status(last["submission_id"]).value)
+        except Exception:  # noqa: BLE001 (a job of another cluster: a local profile's killed cluster was stopped)
+            job_status = "STOPPED"
+        last.update(ended=time.time(), job_status=job_status, ended_by="resume" if stopped else "lost")
+    if stopped:
+        status["state"] = "stopped"
 
 
 def _slot_nodes() -> list[str]:
@@ -273,7 +298,7 @@ def run_experiment(plan: ExperimentPlan, exp_dir: Path, console, *, address: str
     if (plan.profile == "local" or plan.rehearse) and address is None:
         slots = (plan.max_concurrent or local_slots()) * plan.slots_per_trial
         cluster = LocalRayCluster(num_cpus=16 * slots, num_gpus=slots, log_dir=exp_dir,
-                                  resources={SLOT_RESOURCE: slots})
+                                  resources={SLOT_RESOURCE: slots}, record_dir=exp_dir)
     else:
         cluster = None
     if plan.profile == "a100":
@@ -284,6 +309,10 @@ def run_experiment(plan: ExperimentPlan, exp_dir: Path, console, *, address: str
         if cluster is not None:
             cluster.start()
             address = cluster.address
+            if cluster.orphan and cluster.orphan.get("processes"):
+                console.print(f"stopped the private Ray cluster a killed command left running (pid "
+                              f"{cluster.orphan.get('driver_pid')}: {cluster.orphan['processes']} processes, its "
+                              f"jobs included)", markup=False)
         install_driver_patches()  # the driver's console: Ray's worker-start warnings dropped (docs/patches.md)
         try:
             ray.init(address=address, log_to_driver=False, logging_level="ERROR",
