@@ -19,8 +19,8 @@ written by :mod:`orchestrator.store`: the pid and session of ``ray start``, its 
 process of it carries ``MASPO_LOCAL_RAY=<temp dir>`` in its environment (Ray passes its environment on to GCS,
 raylet, workers and the jobs' entrypoints). The next command on that directory, which holds the experiment's
 lock and so knows the recorded cluster's driver is dead, stops the orphan before it starts its own
-(:func:`stop_orphaned_cluster`): its jobs through the job API, ``ray start`` with SIGTERM, then every process
-that is left of the cluster's session or carries its marker, with SIGKILL.
+(:func:`stop_orphaned_cluster`): SIGTERM to every process of the cluster's session or with its marker (the jobs'
+entrypoints, in sessions of their own, included), then SIGKILL to whatever is left.
 """
 
 from __future__ import annotations
@@ -248,7 +248,7 @@ def cluster_processes(temp_dir: str, session: int | None) -> dict[int, str]:
     return found
 
 
-def stop_orphaned_cluster(directory: Path, wait_s: float = 45) -> dict | None:
+def stop_orphaned_cluster(directory: Path, wait_s: float = 10) -> dict | None:
     """Stop the private cluster a killed command recorded in ``directory`` (see the module docstring).
 
     The caller holds the directory's lock, so a recorded cluster's driver is gone. Returns what was found
@@ -268,47 +268,37 @@ def stop_orphaned_cluster(directory: Path, wait_s: float = 45) -> dict | None:
                         f"carry {MARKER}={record['temp_dir']}), then delete that file")
     temp_dir, session = str(record["temp_dir"]), record.get("session")
     session = int(session) if isinstance(session, int) else None
+    if session is not None and record.get("pid_started") is not None:
+        from orchestrator.store import process_started
+
+        leader = process_started(session)  # a live leader must be our ray start, not a process that got its pid
+        if leader is not None and abs(leader - float(record["pid_started"])) >= 2.0:
+            session = None
     found = cluster_processes(temp_dir, session)
     record["processes"] = len(found)
-    if found:
-        _stop_recorded_jobs(record.get("dashboard_url"))
-        pid = record.get("pid")
-        if isinstance(pid, int) and pid in found:  # ray start itself: drains the node and stops its processes
-            _signal(pid, signal.SIGTERM)
-            deadline = time.monotonic() + wait_s
-            while time.monotonic() < deadline and pid in cluster_processes(temp_dir, session):
-                time.sleep(0.5)
-        for _ in range(3):  # whatever is left, including jobs in sessions of their own
-            left = cluster_processes(temp_dir, session)
-            if not left:
-                break
-            for other in left:
-                _signal(other, signal.SIGKILL)
-            time.sleep(1.0)
-        record["left"] = len(cluster_processes(temp_dir, session))
+    import sys as _s; _t = time.monotonic(); print("ORPHAN found", len(found), file=_s.stderr, flush=True)  # TIMING
+    # SIGTERM to all of it at once (verl and the stand-in end on it; ray start, GCS and raylet too), then SIGKILL to
+    # whatever is left: a graceful stop through the GCS and the job API would only wait on a driver that is gone
+    for pid in found:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + wait_s
+    left = cluster_processes(temp_dir, session)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.5)
+        left = cluster_processes(temp_dir, session)
+    for _ in range(3):
+        if not left:
+            break
+        for pid in left:
+            _signal(pid, signal.SIGKILL)
+        time.sleep(1.0)
+        left = cluster_processes(temp_dir, session)
+    record["left"] = len(left)
+    print("ORPHAN done", time.monotonic() - _t, len(left), file=_s.stderr, flush=True)  # TIMING
     if temp_dir.startswith("/tmp/maspo-ray-"):
         shutil.rmtree(temp_dir, ignore_errors=True)
     clear_local_ray_record(directory)
     return record
-
-
-def _stop_recorded_jobs(dashboard_url: str | None, wait_s: float = 30) -> None:
-    """Stop the jobs of a recorded cluster through its job API (their ``finally`` blocks run), best effort."""
-    if not dashboard_url:
-        return
-    try:
-        from ray.job_submission import JobSubmissionClient
-
-        client = JobSubmissionClient(dashboard_url)
-        running = [j.submission_id for j in client.list_jobs() if not j.status.is_terminal() and j.submission_id]
-        for submission_id in running:
-            client.stop_job(submission_id)
-        deadline = time.monotonic() + wait_s
-        while running and time.monotonic() < deadline:
-            time.sleep(0.5)
-            running = [s for s in running if not client.get_job_status(s).is_terminal()]
-    except Exception:  # noqa: BLE001 (its dashboard may be gone: the processes are killed next)
-        pass
 
 
 def _signal(pid: int, sig: int) -> None:

@@ -36,7 +36,7 @@ from orchestrator.errors import UserError
 from orchestrator.jobs import JobRun, redacted, stop_jobs
 from orchestrator.rehearsal import drill, drill_step, quiet_resume_drills, should_drill
 from orchestrator.render import render_job, trial_checkpoint_dir
-from orchestrator.store import ExperimentDir, resume_point, summary
+from orchestrator.store import ExperimentDir, read_records, resume_point, summary
 from orchestrator.verl_bridge.patches import install_driver_patches
 
 SLOT_RESOURCE = "verl_slot"
@@ -71,13 +71,22 @@ def trial_controller(config: dict) -> None:
     identity = {"maspo_experiment": plan.name, "maspo_trial": planned.name}
     # a restored trial's previous job may still run (a driver killed by SIGKILL cannot stop it): it must have
     # ended before the checkpoint is read and a new job writes the same checkpoint directory
-    _end_previous_jobs(client, identity, status)
+    lost = _end_previous_jobs(client, identity, status)
+    stream = files.stream()
+    if lost is not None and lost.get("metrics_path"):
+        # what the lost attempt's job logged after its controller died counts, as if it had been tailed
+        for record in read_records(Path(lost["metrics_path"])):
+            stream.accept(record)
+        if lost["job_status"] == "SUCCEEDED" and stream.steps() >= set(range(planned.trial.profile.steps + 1)):
+            status["state"] = "succeeded"  # it ended while no driver ran: nothing left to do
+            files.write_status(status)
+            tune.report({**summary(stream.records), "attempt": len(status["attempts"]), "resumed_from_step": 0})
+            return
     files.write_status(status)
     attempt = len(status["attempts"]) + 1
     attempt_dir = files.attempt_dir(attempt)
     attempt_dir.mkdir(parents=True, exist_ok=True)
 
-    stream = files.stream()
     resumed_from = resume_point(trial_checkpoint_dir(planned, files.path), stream.steps())
     stream.truncate_after(resumed_from)
 
@@ -92,7 +101,7 @@ def trial_controller(config: dict) -> None:
     submission_id = f"{planned.name}-a{attempt}-{uuid.uuid4().hex[:6]}"
     status["attempts"].append({"attempt": attempt, "submission_id": submission_id, "started": time.time(),
                                "resumed_from_step": resumed_from, "ended": None, "job_status": "PENDING",
-                               "slot_nodes": _slot_nodes()})
+                               "slot_nodes": _slot_nodes(), "metrics_path": str(job.metrics_path)})
     from orchestrator.scales import gpus_of
 
     status.update(state="running", gpus=1 if plan.rehearse else gpus_of(planned.trial.profile))
@@ -125,19 +134,22 @@ def trial_controller(config: dict) -> None:
 PREVIOUS_JOB_STOP_S = 120.0  # verl gets SIGTERM, then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S (3 s by default)
 
 
-def _end_previous_jobs(client, identity: dict[str, str], status: dict) -> None:
-    """Stop every job of this trial still running on the cluster and wait until each has ended; record how the
-    last attempt ended if its controller could not (it died with a killed driver)."""
+def _end_previous_jobs(client, identity: dict[str, str], status: dict) -> dict | None:
+    """Stop every job of this trial still running on the cluster and wait until each has ended. If the last
+    attempt's controller could not record its end (it died with a killed driver), record it and return it."""
     stopped = stop_jobs(client, identity, wait_s=PREVIOUS_JOB_STOP_S)
-    last = status["attempts"][-1] if status["attempts"] else None
-    if last is not None and last.get("ended") is None:
-        try:
-            job_status = str(client.get_job_status(last["submission_id"]).value)
-        except Exception:  # noqa: BLE001 (a job of another cluster: a local profile's killed cluster was stopped)
-            job_status = "STOPPED"
-        last.update(ended=time.time(), job_status=job_status, ended_by="resume" if stopped else "lost")
     if stopped:
         status["state"] = "stopped"
+    last = status["attempts"][-1] if status["attempts"] else None
+    if last is None or last.get("ended") is not None:
+        return None
+    try:
+        job_status = str(client.get_job_status(last["submission_id"]).value)
+    except Exception:  # noqa: BLE001 (a job of another cluster: a local profile's killed cluster was stopped)
+        job_status = "STOPPED"
+    last.update(ended=time.time(), job_status=job_status,
+                ended_by="stopped by resume" if last["submission_id"] in stopped else "found ended by resume")
+    return last
 
 
 def _slot_nodes() -> list[str]:
@@ -307,7 +319,9 @@ def run_experiment(plan: ExperimentPlan, exp_dir: Path, console, *, address: str
         _prepare_shared_assets(plan, console)
     try:
         if cluster is not None:
+            import sys as _s; _t = time.monotonic()  # TIMING
             cluster.start()
+            print("CLUSTER up", time.monotonic() - _t, file=_s.stderr, flush=True)  # TIMING
             address = cluster.address
             if cluster.orphan and cluster.orphan.get("processes"):
                 console.print(f"stopped the private Ray cluster a killed command left running (pid "
@@ -326,14 +340,17 @@ def run_experiment(plan: ExperimentPlan, exp_dir: Path, console, *, address: str
         if plan.rehearse:
             quiet_resume_drills()
         tuner = build_tuner(plan, exp_dir, poll_s=poll_s, restore=restore, renderer=renderer)
+        print("TUNER built", time.monotonic() - _t, file=_s.stderr, flush=True)  # TIMING
         with live:
             grid = tuner.fit()
+        print("TUNER fit", time.monotonic() - _t, file=_s.stderr, flush=True)  # TIMING
         return 0 if grid.num_errors == 0 else 1
     finally:
         if ray.is_initialized():
             ray.shutdown()
         if cluster is not None:
             cluster.stop()
+        print("CLUSTER stopped", time.monotonic() - _t, file=_s.stderr, flush=True)  # TIMING
 
 
 def check_ready(plan: ExperimentPlan, address: str | None) -> None:

@@ -132,3 +132,60 @@ def test_commands_in_sequence_each_take_the_lock(tmp_path):
     for command in ("first", "second", "third"):
         with ExperimentLock(tmp_path / "exp", command) as lock:
             assert lock.holder()["command"] == command
+
+
+# --------------------------------------------------------------------------------------------------------
+# a killed command's private cluster, found through its record and stopped (no Ray needed to check the sweep)
+
+ORPHAN = """
+import os, subprocess, sys, time
+# like `ray start`: a session of its own; a child in it (a raylet), and one in a session of its own (a job's
+# entrypoint, which Ray starts so); one child ignores SIGTERM (only SIGKILL ends it)
+kids = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"]),
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True),
+        subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                          "print('ready', flush=True); time.sleep(600)"], stdout=subprocess.PIPE, text=True)]
+kids[2].stdout.readline()
+print(" ".join(str(k.pid) for k in kids), flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_recorded_orphan_cluster_is_stopped_whole(tmp_path):
+    from orchestrator.cluster import MARKER, cluster_processes, stop_orphaned_cluster
+    from orchestrator.store import LOCAL_RAY_FILE, local_ray_record, write_local_ray_record
+
+    temp_dir = f"/tmp/maspo-ray-test-{os.getpid()}"
+    os.makedirs(temp_dir, exist_ok=True)
+    head = subprocess.Popen([sys.executable, "-c", ORPHAN], stdout=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, MARKER: temp_dir})
+    kids = [int(p) for p in head.stdout.readline().split()]
+    try:
+        write_local_ray_record(tmp_path, {"pid": head.pid, "session": head.pid, "host": socket.gethostname(),
+                                          "pid_started": process_started(head.pid), "temp_dir": temp_dir})
+        assert set(cluster_processes(temp_dir, head.pid)) == {head.pid, *kids}
+        found = stop_orphaned_cluster(tmp_path)
+        head.wait(timeout=30)
+        assert found["processes"] == 4 and found["left"] == 0
+        assert cluster_processes(temp_dir, head.pid) == {}
+        for pid in kids:  # reaped by init once their parent died; none may run
+            assert process_started(pid) is None or Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z"
+        assert not Path(temp_dir).exists() and not (tmp_path / LOCAL_RAY_FILE).exists()
+        assert local_ray_record(tmp_path) == {} and stop_orphaned_cluster(tmp_path) is None  # nothing recorded now
+    finally:
+        for pid in [head.pid, *kids]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_an_orphan_record_of_another_host_is_refused_and_kept(tmp_path):
+    from orchestrator.cluster import stop_orphaned_cluster
+    from orchestrator.errors import UserError
+    from orchestrator.store import LOCAL_RAY_FILE, write_local_ray_record
+
+    write_local_ray_record(tmp_path, {"pid": 1, "session": 1, "host": "elsewhere", "temp_dir": "/tmp/maspo-ray-x"})
+    with pytest.raises(UserError, match="on host elsewhere"):
+        stop_orphaned_cluster(tmp_path)
+    assert (tmp_path / LOCAL_RAY_FILE).exists()
