@@ -276,7 +276,6 @@ def stop_orphaned_cluster(directory: Path, wait_s: float = 10) -> dict | None:
             session = None
     found = cluster_processes(temp_dir, session)
     record["processes"] = len(found)
-    import sys as _s; _t = time.monotonic(); print("ORPHAN found", len(found), file=_s.stderr, flush=True)  # TIMING
     # SIGTERM to all of it at once (verl and the stand-in end on it; ray start, GCS and raylet too), then SIGKILL to
     # whatever is left: a graceful stop through the GCS and the job API would only wait on a driver that is gone
     for pid in found:
@@ -294,7 +293,6 @@ def stop_orphaned_cluster(directory: Path, wait_s: float = 10) -> dict | None:
         time.sleep(1.0)
         left = cluster_processes(temp_dir, session)
     record["left"] = len(left)
-    print("ORPHAN done", time.monotonic() - _t, len(left), file=_s.stderr, flush=True)  # TIMING
     if temp_dir.startswith("/tmp/maspo-ray-"):
         shutil.rmtree(temp_dir, ignore_errors=True)
     clear_local_ray_record(directory)

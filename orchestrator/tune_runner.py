@@ -319,14 +319,15 @@ def run_experiment(plan: ExperimentPlan, exp_dir: Path, console, *, address: str
         _prepare_shared_assets(plan, console)
     try:
         if cluster is not None:
-            import sys as _s; _t = time.monotonic()  # TIMING
-            cluster.start()
-            print("CLUSTER up", time.monotonic() - _t, file=_s.stderr, flush=True)  # TIMING
-            address = cluster.address
-            if cluster.orphan and cluster.orphan.get("processes"):
-                console.print(f"stopped the private Ray cluster a killed command left running (pid "
-                              f"{cluster.orphan.get('driver_pid')}: {cluster.orphan['processes']} processes, its "
-                              f"jobs included)", markup=False)
+            cluster.start()  # stops a killed command's cluster first (cluster.stop_orphaned_cluster)
+            address, orphan = cluster.address, cluster.orphan
+        else:  # a killed local run resumed against a cluster: its private Ray must not go on writing checkpoints
+            from orchestrator.cluster import stop_orphaned_cluster
+
+            orphan = stop_orphaned_cluster(exp_dir)
+        if orphan and orphan.get("processes"):
+            console.print(f"stopped the private Ray cluster a killed command (pid {orphan.get('driver_pid')}) left "
+                          f"running: {orphan['processes']} processes, its jobs included", markup=False)
         install_driver_patches()  # the driver's console: Ray's worker-start warnings dropped (docs/patches.md)
         try:
             ray.init(address=address, log_to_driver=False, logging_level="ERROR",
@@ -340,17 +341,14 @@ def run_experiment(plan: ExperimentPlan, exp_dir: Path, console, *, address: str
         if plan.rehearse:
             quiet_resume_drills()
         tuner = build_tuner(plan, exp_dir, poll_s=poll_s, restore=restore, renderer=renderer)
-        print("TUNER built", time.monotonic() - _t, file=_s.stderr, flush=True)  # TIMING
         with live:
             grid = tuner.fit()
-        print("TUNER fit", time.monotonic() - _t, file=_s.stderr, flush=True)  # TIMING
         return 0 if grid.num_errors == 0 else 1
     finally:
         if ray.is_initialized():
             ray.shutdown()
         if cluster is not None:
             cluster.stop()
-        print("CLUSTER stopped", time.monotonic() - _t, file=_s.stderr, flush=True)  # TIMING
 
 
 def check_ready(plan: ExperimentPlan, address: str | None) -> None:

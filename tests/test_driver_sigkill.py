@@ -40,6 +40,9 @@ with ExperimentLock(exp_dir, "drill " + sys.argv[2]):
                           restore=sys.argv[2] == "restore", renderer="tests.standin_job:render", poll_s=0.2)
 sys.exit(code)
 """
+# the same against an existing cluster (`--address`): argv[3]
+DRIVER_AT = DRIVER.replace('restore=sys.argv[2] == "restore",', 'restore=sys.argv[2] == "restore", address=sys.argv[3],')
+assert DRIVER_AT != DRIVER
 STEPS, EVERY = 6, 2
 
 
@@ -86,9 +89,9 @@ def test_sigkill_of_the_driver_then_resume_stops_the_orphans_and_keeps_every_ste
     resumed = subprocess.run([sys.executable, "-c", DRIVER, str(exp_dir), "restore"], env=env, cwd=tmp_path,
                              capture_output=True, text=True, timeout=400)
     output = resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    print(f"resumed at {time.monotonic() - t0:.0f} s", resumed.stderr[-3000:])
+    print(f"resumed at {time.monotonic() - t0:.0f} s")
     assert resumed.returncode == 0, output
-    assert "stopped the private Ray cluster a killed command left running" in resumed.stdout, output
+    assert "stopped the private Ray cluster a killed command" in resumed.stdout, output
 
     leftover = {}
     for _ in range(60):  # nothing of the killed run nor of the resumed one is left
@@ -123,3 +126,66 @@ def test_sigkill_of_the_driver_then_resume_stops_the_orphans_and_keeps_every_ste
                          "resumed_from": resumed_from, "rerun": len(set(ran_first) & set(ran_last)),
                          "duplicated_in_stream": len(_steps(stream)) - len(set(_steps(stream)))}
     print("driver SIGKILL figures:", json.dumps(figures))
+
+
+def test_sigkill_of_the_driver_on_an_existing_cluster_then_resume_stops_the_old_jobs_first(tmp_path):
+    """``--address``: the cluster outlives the driver, and so do the trials' jobs. The restored controllers stop
+    their trial's previous job and wait until it ended before they read the checkpoint or submit a new job."""
+    from ray.cluster_utils import Cluster
+    from ray.job_submission import JobSubmissionClient
+
+    from orchestrator.cluster import free_ports
+
+    trials = [trial_config("grpo", seed=s, profile={"steps": STEPS, "test_freq": 1}) for s in range(2)]
+    names = [trial_name(t) for t in trials]
+    plan = ExperimentPlan(name="sigkilled-addr", kind="compare", spec="test", profile="local", scale="1.5b",
+                          seeds=[0, 1], steps=STEPS, max_concurrent=2, max_failures=1,
+                          trials=[PlannedTrial(name=n, label=n, trial=t) for n, t in zip(names, trials)])
+    exp_dir = tmp_path / "sigkilled-addr"
+    ExperimentDir(exp_dir).save_plan(plan)
+    (exp_dir / "standin.json").write_text(json.dumps({"STANDIN_SECONDS": 14, "STANDIN_CHECKPOINT_EVERY": EVERY,
+                                                      "STANDIN_EXCLUSIVE": 1}))
+    streams = {n: exp_dir / "trials" / n / "metrics.jsonl" for n in names}
+    dashboard, agent = free_ports(2)
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 4, "num_gpus": 2, "resources": {"verl_slot": 2}, "include_dashboard": True,
+        "dashboard_host": "127.0.0.1", "dashboard_port": dashboard, "dashboard_agent_listen_port": agent})
+    try:
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+        driver = subprocess.Popen([sys.executable, "-c", DRIVER_AT, str(exp_dir), "start", cluster.address], env=env,
+                                  cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 300
+        while not all(len(_steps(p)) > EVERY for p in streams.values()):
+            if driver.poll() is not None:
+                pytest.fail("the driver ended before it could be killed:\n" + driver.communicate()[0][-3000:])
+            if time.monotonic() > deadline:
+                pytest.fail("the trials never got past their first checkpoint in 300 s:\n" + _end(driver)[-3000:])
+            time.sleep(0.2)
+        driver.send_signal(signal.SIGKILL)
+        driver.communicate(timeout=60)
+        client = JobSubmissionClient(f"http://127.0.0.1:{dashboard}")
+        running = [j.submission_id for j in client.list_jobs() if not j.status.is_terminal()]
+        assert len(running) == 2, running  # the fault is real: both jobs outlived the driver
+
+        resumed = subprocess.run([sys.executable, "-c", DRIVER_AT, str(exp_dir), "restore", cluster.address],
+                                 env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+        jobs = client.list_jobs()
+        assert all(j.status.is_terminal() for j in jobs), [(j.submission_id, j.status) for j in jobs]
+        for name, stream in streams.items():
+            trial_dir = exp_dir / "trials" / name
+            assert not list(trial_dir.glob("overlap-*")), f"{name}: a second run started while the first ran"
+            assert _steps(stream) == list(range(STEPS + 1)), f"{name}: {_steps(stream)}"
+            status = json.loads((trial_dir / "status.json").read_text())
+            assert status["state"] == "succeeded" and len(status["attempts"]) == 2, status
+            first, last = status["attempts"]
+            assert first["job_status"] == "STOPPED" and first["ended_by"] == "stopped by resume", first
+            ran_first, ran_last = _steps(Path(first["metrics_path"])), _steps(Path(last["metrics_path"]))
+            assert ran_last[0] == last["resumed_from_step"] + 1
+            print("driver SIGKILL --address figures:", name, json.dumps({
+                "orphan_ran_to": max(ran_first), "resumed_from": last["resumed_from_step"],
+                "rerun": len(set(ran_first) & set(ran_last)), "submissions": sum(
+                    1 for j in jobs if (j.metadata or {}).get("maspo_trial") == name)}))
+    finally:
+        cluster.shutdown()
+
