@@ -104,10 +104,40 @@ class LocalRayCluster:
     def dashboard_url(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
+    STARTS = 3  # ray start tries: Ray gives its raylet a fixed 30 s to register, too short on a loaded machine
+
     def start(self) -> LocalRayCluster:
         terminate_as_interrupt()  # a killed driver still stops this cluster (see the module docstring)
         if self.record_dir is not None:
             self.orphan = stop_orphaned_cluster(self.record_dir)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        for start in range(1, self.STARTS + 1):
+            log = open(self.log_path, "w" if start == 1 else "a")
+            self.process = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                            start_new_session=True)
+            if self.record_dir is not None:
+                from orchestrator.store import process_started, write_local_ray_record
+
+                write_local_ray_record(self.record_dir, {
+                    "pid": self.process.pid, "session": self.process.pid, "host": socket.gethostname(),
+                    "pid_started": process_started(self.process.pid), "temp_dir": str(self.temp_dir),
+                    "address": self.address, "dashboard_url": self.dashboard_url, "driver_pid": os.getpid(),
+                    "started": time.time()})
+            try:
+                self._wait_for_job_agent()
+                return self
+            except RuntimeError:
+                if start == self.STARTS or "timed out during startup" not in self.log_path.read_text(errors="replace"):
+                    raise
+            try:  # what is left of the failed start, then again on fresh ports
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            (self.gcs_port, self.dashboard_port, self.agent_port, self.agent_grpc_port, self.runtime_env_port,
+             self.metrics_port, self.client_port, self.node_manager_port, self.object_manager_port) = free_ports(9)
+        return self
+
+    def _command(self) -> list[str]:
         ray = str(Path(sys.executable).with_name("ray"))
         command = [
             ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={self.gcs_port}",
@@ -120,20 +150,7 @@ class LocalRayCluster:
         ]
         if self.resources:
             command.append(f"--resources={json.dumps(self.resources)}")
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "w")
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                        start_new_session=True)
-        if self.record_dir is not None:
-            from orchestrator.store import process_started, write_local_ray_record
-
-            write_local_ray_record(self.record_dir, {
-                "pid": self.process.pid, "session": self.process.pid, "host": socket.gethostname(),
-                "pid_started": process_started(self.process.pid), "temp_dir": str(self.temp_dir),
-                "address": self.address, "dashboard_url": self.dashboard_url, "driver_pid": os.getpid(),
-                "started": time.time()})
-        self._wait_for_job_agent()
-        return self
+        return command
 
     def _wait_for_job_agent(self) -> None:
         """Jobs can be submitted once the dashboard's job agent answers (it starts after the head)."""
