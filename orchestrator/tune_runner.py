@@ -77,8 +77,10 @@ def trial_controller(config: dict) -> None:
         # what the lost attempt's job logged after its controller died counts, as if it had been tailed
         for record in read_records(Path(lost["metrics_path"])):
             stream.accept(record)
-        if lost["job_status"] == "SUCCEEDED" and stream.steps() >= set(range(planned.trial.profile.steps + 1)):
-            status["state"] = "succeeded"  # it ended while no driver ran: nothing left to do
+        if lost["job_status"] != "FAILED" and stream.steps() >= set(range(planned.trial.profile.steps + 1)):
+            # it logged its last step while no driver ran (verl logs a step, its validation included, once the
+            # step is done; a local profile's killed cluster cannot say the job's status): nothing left to do
+            status["state"] = "succeeded"
             files.write_status(status)
             tune.report({**summary(stream.records), "attempt": len(status["attempts"]), "resumed_from_step": 0})
             return

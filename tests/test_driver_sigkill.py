@@ -43,11 +43,39 @@ sys.exit(code)
 # the same against an existing cluster (`--address`): argv[3]
 DRIVER_AT = DRIVER.replace('restore=sys.argv[2] == "restore",', 'restore=sys.argv[2] == "restore", address=sys.argv[3],')
 assert DRIVER_AT != DRIVER
-STEPS, EVERY = 6, 2
+STEPS, EVERY = 12, 2
 
 
 def _steps(path: Path) -> list[int]:
     return [int(r["step"]) for r in read_records(path)]
+
+
+def _check_trial(trial_dir: Path, streamed_at_kill: int) -> dict:
+    """A trial after the resume: every step once in its stream, never two runs at once; what it cost."""
+    stream = _steps(trial_dir / "metrics.jsonl")
+    assert not list(trial_dir.glob("overlap-*")), f"{trial_dir.name}: a second run started while the first ran"
+    assert stream == list(range(STEPS + 1)), f"{trial_dir.name}: {stream}"  # every step exactly once
+    status = json.loads((trial_dir / "status.json").read_text())
+    assert status["state"] == "succeeded", status
+    first = status["attempts"][0]
+    assert first["ended"] and first["ended_by"], first  # the killed controller's attempt, closed by the resume
+    ran_first = _steps(Path(first["metrics_path"]))
+    figure = {"streamed_at_kill": streamed_at_kill, "orphan_ran_to": max(ran_first), "attempts": len(status["attempts"]),
+              "first_ended_by": first["ended_by"], "duplicated_in_stream": 0}
+    if len(status["attempts"]) == 1:  # the orphaned job logged its last step before the resume stopped it
+        assert max(ran_first) == STEPS and first["job_status"] != "FAILED", first
+        return {**figure, "path": "finished while orphaned", "resumed_from": None, "rerun": 0}
+    assert len(status["attempts"]) == 2, status  # the killed run's, then the resumed one (never a third)
+    last = status["attempts"][1]
+    assert first["job_status"] == "STOPPED", first
+    ran_last = _steps(Path(last["metrics_path"]))
+    resumed_from = last["resumed_from_step"]
+    # the resumed job started from the newest checkpoint whose step the stream holds: what the orphan logged after
+    # the kill counts too (its attempt's JSONL is read in), so it resumed at or after the kill's last checkpoint
+    assert resumed_from % EVERY == 0 and resumed_from >= streamed_at_kill - streamed_at_kill % EVERY, \
+        (resumed_from, streamed_at_kill)
+    assert ran_last and ran_last[0] == resumed_from + 1, ran_last
+    return {**figure, "path": "resumed", "resumed_from": resumed_from, "rerun": len(set(ran_first) & set(ran_last))}
 
 
 def test_sigkill_of_the_driver_then_resume_stops_the_orphans_and_keeps_every_step_once(tmp_path):
@@ -59,7 +87,7 @@ def test_sigkill_of_the_driver_then_resume_stops_the_orphans_and_keeps_every_ste
     exp_dir = tmp_path / "sigkilled"
     ExperimentDir(exp_dir).save_plan(plan)
     tag = str(tmp_path)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), SCOPE: tag, "STANDIN_SECONDS": "14",
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), SCOPE: tag, "STANDIN_SECONDS": "36",
            "STANDIN_CHECKPOINT_EVERY": str(EVERY), "STANDIN_EXCLUSIVE": "1"}
     streams = {n: exp_dir / "trials" / n / "metrics.jsonl" for n in names}
 
@@ -105,26 +133,7 @@ def test_sigkill_of_the_driver_then_resume_stops_the_orphans_and_keeps_every_ste
     assert not (exp_dir / LOCAL_RAY_FILE).exists()
     assert (exp_dir / LOCK_FILE).read_text() == ""  # the killed driver's lock was taken over, then released
 
-    figures = {}
-    for name, stream in streams.items():
-        trial_dir = exp_dir / "trials" / name
-        assert not list(trial_dir.glob("overlap-*")), f"{name}: a second run started while the first ran"
-        assert _steps(stream) == list(range(STEPS + 1)), f"{name}: {_steps(stream)}"  # every step exactly once
-        status = json.loads((trial_dir / "status.json").read_text())
-        assert status["state"] == "succeeded"
-        first, last = status["attempts"][0], status["attempts"][-1]
-        assert len(status["attempts"]) == 2, status  # the killed run's, then the resumed one (never a third)
-        assert first["job_status"] == "STOPPED" and first["ended_by"], first
-        ran_first = _steps(Path(first["metrics_path"]))
-        ran_last = _steps(Path(last["metrics_path"]))
-        resumed_from = last["resumed_from_step"]
-        # the resumed job started from the newest checkpoint whose step the stream holds: what the orphan logged
-        # after the kill counts too (its attempt's JSONL is read in), so it resumed at or after the kill's step
-        assert resumed_from >= at_kill[name] - EVERY + 1 and resumed_from % EVERY == 0, (resumed_from, at_kill)
-        assert ran_last[0] == resumed_from + 1
-        figures[name] = {"streamed_at_kill": at_kill[name], "orphan_ran_to": max(ran_first),
-                         "resumed_from": resumed_from, "rerun": len(set(ran_first) & set(ran_last)),
-                         "duplicated_in_stream": len(_steps(stream)) - len(set(_steps(stream)))}
+    figures = {n: _check_trial(exp_dir / "trials" / n, at_kill[n]) for n in names}
     print("driver SIGKILL figures:", json.dumps(figures))
 
 
@@ -143,7 +152,7 @@ def test_sigkill_of_the_driver_on_an_existing_cluster_then_resume_stops_the_old_
                           trials=[PlannedTrial(name=n, label=n, trial=t) for n, t in zip(names, trials)])
     exp_dir = tmp_path / "sigkilled-addr"
     ExperimentDir(exp_dir).save_plan(plan)
-    (exp_dir / "standin.json").write_text(json.dumps({"STANDIN_SECONDS": 14, "STANDIN_CHECKPOINT_EVERY": EVERY,
+    (exp_dir / "standin.json").write_text(json.dumps({"STANDIN_SECONDS": 36, "STANDIN_CHECKPOINT_EVERY": EVERY,
                                                       "STANDIN_EXCLUSIVE": 1}))
     streams = {n: exp_dir / "trials" / n / "metrics.jsonl" for n in names}
     dashboard, agent = free_ports(2)
@@ -163,6 +172,7 @@ def test_sigkill_of_the_driver_on_an_existing_cluster_then_resume_stops_the_old_
             time.sleep(0.2)
         driver.send_signal(signal.SIGKILL)
         driver.communicate(timeout=60)
+        at_kill = {n: max(_steps(p)) for n, p in streams.items()}
         client = JobSubmissionClient(f"http://127.0.0.1:{dashboard}")
         running = [j.submission_id for j in client.list_jobs() if not j.status.is_terminal()]
         assert len(running) == 2, running  # the fault is real: both jobs outlived the driver
@@ -172,20 +182,12 @@ def test_sigkill_of_the_driver_on_an_existing_cluster_then_resume_stops_the_old_
         assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
         jobs = client.list_jobs()
         assert all(j.status.is_terminal() for j in jobs), [(j.submission_id, j.status) for j in jobs]
-        for name, stream in streams.items():
-            trial_dir = exp_dir / "trials" / name
-            assert not list(trial_dir.glob("overlap-*")), f"{name}: a second run started while the first ran"
-            assert _steps(stream) == list(range(STEPS + 1)), f"{name}: {_steps(stream)}"
-            status = json.loads((trial_dir / "status.json").read_text())
-            assert status["state"] == "succeeded" and len(status["attempts"]) == 2, status
-            first, last = status["attempts"]
-            assert first["job_status"] == "STOPPED" and first["ended_by"] == "stopped by resume", first
-            ran_first, ran_last = _steps(Path(first["metrics_path"])), _steps(Path(last["metrics_path"]))
-            assert ran_last[0] == last["resumed_from_step"] + 1
-            print("driver SIGKILL --address figures:", name, json.dumps({
-                "orphan_ran_to": max(ran_first), "resumed_from": last["resumed_from_step"],
-                "rerun": len(set(ran_first) & set(ran_last)), "submissions": sum(
-                    1 for j in jobs if (j.metadata or {}).get("maspo_trial") == name)}))
+        figures = {n: _check_trial(exp_dir / "trials" / n, at_kill[n]) for n in names}
+        for name, figure in figures.items():
+            assert figure["path"] != "resumed" or figure["first_ended_by"] == "stopped by resume", figure
+            figure["submissions"] = sum(1 for j in jobs if (j.metadata or {}).get("maspo_trial") == name)
+            assert figure["submissions"] == figure["attempts"]
+        print("driver SIGKILL --address figures:", json.dumps(figures))
     finally:
         cluster.shutdown()
 
