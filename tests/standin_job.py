@@ -22,12 +22,13 @@ Quality: validation Avg@k grows as ``final * (1 - exp(-3 t))`` over the run's fr
 otherwise it is linear in the step at ``STANDIN_QUALITY_BASE / (1 + seed)`` per step. Validations are logged every
 ``test_freq`` steps (and at step 0 and the last step) with ``STANDIN_VALIDATE_AT_TEST_FREQ``, else every step.
 
-With ``STANDIN_CHECKPOINT_EVERY`` (k) it checkpoints like verl with ``resume_mode=auto``: before it logs step
-s (s a multiple of k) it writes ``global_step_<s>/`` and then ``latest_checkpointed_iteration.txt`` in the trial's
-checkpoint directory, and a job that finds a checkpoint there starts after its step. With ``STANDIN_EXCLUSIVE``
-it holds an exclusive ``flock`` on ``<checkpoint dir>/.writer`` for its whole run (the kernel drops it when the
-process dies); a job that finds it taken, i.e. a second run of the trial writing the same checkpoint directory
-while the first is alive, writes ``overlap-<attempt>`` into the trial's directory and exits 5.
+With ``STANDIN_CHECKPOINTS`` the job checkpoints like verl with ``resume_mode=auto``: before it logs step s (s a
+multiple of ``test_freq``, or the last) it writes ``global_step_<s>/`` and then ``latest_checkpointed_iteration.txt``
+in the trial's checkpoint directory, and a job that finds a checkpoint there resumes at its step (validating it
+again, as verl does). With ``STANDIN_EXCLUSIVE`` it holds an exclusive ``flock`` on ``<checkpoint dir>/.writer``
+for its whole run (the kernel drops it when the process dies); a job that finds it taken, i.e. a second run of the
+trial writing the same checkpoint directory while the first is alive, writes ``overlap-<attempt>`` into the
+trial's directory and exits 5.
 
 The ``STANDIN_*`` settings come from the environment of the Ray nodes (the trial controllers render the job), and
 an experiment directory's ``standin.json`` (name -> value) overrides them for that experiment only.
@@ -91,12 +92,13 @@ def render(planned, plan, trial_dir: Path, attempt_dir: Path):
            "STANDIN_NODES": str(nodes), "STANDIN_STEPS": str(profile.steps),
            "STANDIN_TEST_FREQ": str(profile.test_freq), "STANDIN_LEDGER": str(attempt_dir / "ledger.json"),
            "STANDIN_SECONDS": str(seconds_of(planned, given)), "STANDIN_QUALITY": quality,
-           "STANDIN_CURVE_SEED": f"{planned.name}", "PYTHONPATH": str(Path(__file__).parents[1]),
-           "STANDIN_CHECKPOINTS": str(trial_checkpoint_dir(planned, trial_dir))}
+           "STANDIN_CURVE_SEED": f"{planned.name}", "PYTHONPATH": str(Path(__file__).parents[1])}
+    if given.get("STANDIN_CHECKPOINTS"):
+        env["STANDIN_CHECKPOINT_DIR"] = str(trial_checkpoint_dir(planned, trial_dir))
     if planned.label in finals:
         env["STANDIN_FINAL"] = str(finals[planned.label])
     for name in ("STANDIN_RENDEZVOUS", "STANDIN_RENDEZVOUS_S", "STANDIN_CURVE_NOISE", "STANDIN_VALIDATE_AT_TEST_FREQ",
-                 "STANDIN_GPU_WAIT_S", "STANDIN_CHECKPOINT_EVERY", "STANDIN_EXCLUSIVE"):
+                 "STANDIN_GPU_WAIT_S", "STANDIN_EXCLUSIVE"):
         if name in given:
             env[name] = given[name]
     return TrialJob([], env, trial_dir, attempt_dir / "metrics.jsonl", module="tests.standin_job")
@@ -154,41 +156,43 @@ def main() -> int:
               file=sys.stderr)
         return 4
     rng = random.Random(os.environ.get("STANDIN_CURVE_SEED", ""))
-    test_freq = int(os.environ.get("STANDIN_TEST_FREQ", "1")) if os.environ.get("STANDIN_VALIDATE_AT_TEST_FREQ") else 1
+    test_freq = int(os.environ.get("STANDIN_TEST_FREQ", "1"))
+    val_freq = test_freq if os.environ.get("STANDIN_VALIDATE_AT_TEST_FREQ") else 1
     seconds = float(os.environ["STANDIN_SECONDS"])
-    checkpoints = Path(os.environ.get("STANDIN_CHECKPOINTS", ledger.parents[2] / "checkpoints"))
-    every = int(os.environ.get("STANDIN_CHECKPOINT_EVERY", "0"))
+    checkpoints = Path(os.environ["STANDIN_CHECKPOINT_DIR"]) if os.environ.get("STANDIN_CHECKPOINT_DIR") else None
     if os.environ.get("STANDIN_EXCLUSIVE"):
         import fcntl
 
-        checkpoints.mkdir(parents=True, exist_ok=True)
-        writer = open(checkpoints / ".writer", "a")  # kept open (and locked) until the process ends
+        writer_dir = checkpoints or ledger.parents[2] / "checkpoints"
+        writer_dir.mkdir(parents=True, exist_ok=True)
+        writer = open(writer_dir / ".writer", "a")  # kept open (and locked) until the process ends
         try:
             fcntl.flock(writer, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             (ledger.parents[2] / f"overlap-{ledger.parent.name}").write_text(str(os.getpid()))
-            print(f"another run of this trial still writes {checkpoints}", file=sys.stderr)
+            print(f"another run of this trial still writes {writer_dir}", file=sys.stderr)
             return 5
     first = 0
-    if every:
+    if checkpoints is not None:
         try:
-            first = int((checkpoints / "latest_checkpointed_iteration.txt").read_text().strip()) + 1
+            first = int((checkpoints / "latest_checkpointed_iteration.txt").read_text().strip())
         except (OSError, ValueError):
             first = 0
     paced_from = time.monotonic()  # after the rendezvous: the run time is the steps' own
     with open(os.environ["VERL_FILE_LOGGER_PATH"], "w") as log:
         for step in range(first, steps + 1):
-            if every and step and step % every == 0:  # like verl: the checkpoint is saved before the step is logged
+            # like verl: a checkpoint is saved before its step is logged; a resumed run validates its first step again
+            if checkpoints is not None and step > first and (step % test_freq == 0 or step == steps):
                 (checkpoints / f"global_step_{step}").mkdir(parents=True, exist_ok=True)
                 tracker = checkpoints / f".tracker.{os.getpid()}"
                 tracker.write_text(str(step))
                 os.replace(tracker, checkpoints / "latest_checkpointed_iteration.txt")
             data = {}
-            if step % test_freq == 0 or step == steps:
+            if step == first or step % val_freq == 0 or step == steps:
                 q = _quality(step, steps, rng)
                 data.update({"val-core/local_math500/acc/mean@4": q, "val-core/local_math500/acc/pass@4": 2 * q,
                              "val-core/average/acc/mean@4": q, "val-core/average/acc/pass@4": 2 * q})
-            if step:
+            if step > first:
                 data["actor/entropy"] = 1.0 / step
             log.write(json.dumps({"step": step, "data": data}) + "\n")
             log.flush()
