@@ -89,7 +89,8 @@ def test_sigkill_of_the_driver_then_resume_stops_the_orphans_and_keeps_every_ste
     ExperimentDir(exp_dir).save_plan(plan)
     tag = str(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), SCOPE: tag, "STANDIN_SECONDS": "36",
-           "STANDIN_CHECKPOINTS": "1", "STANDIN_EXCLUSIVE": "1"}
+           "STANDIN_CHECKPOINTS": "1", "STANDIN_EXCLUSIVE": "1",
+           "STANDIN_GPU_WAIT_S": "300"}  # a loaded machine places a GPU group slowly: no retry for that
     streams = {n: exp_dir / "trials" / n / "metrics.jsonl" for n in names}
 
     t0 = time.monotonic()
@@ -154,7 +155,7 @@ def test_sigkill_of_the_driver_on_an_existing_cluster_then_resume_stops_the_old_
     exp_dir = tmp_path / "sigkilled-addr"
     ExperimentDir(exp_dir).save_plan(plan)
     (exp_dir / "standin.json").write_text(json.dumps({"STANDIN_SECONDS": 36, "STANDIN_CHECKPOINTS": 1,
-                                                      "STANDIN_EXCLUSIVE": 1}))
+                                                      "STANDIN_EXCLUSIVE": 1, "STANDIN_GPU_WAIT_S": 300}))
     streams = {n: exp_dir / "trials" / n / "metrics.jsonl" for n in names}
     dashboard, agent = free_ports(2)
     cluster = Cluster(initialize_head=True, head_node_args={
