@@ -135,8 +135,9 @@ class JobRun:
             pass
 
 
-def stop_jobs(client, metadata: dict[str, str]) -> list[str]:
-    """Stop every job still running whose metadata has all of ``metadata`` (a killed controller's job)."""
+def stop_jobs(client, metadata: dict[str, str], wait_s: float = 0.0, poll_s: float = 0.5) -> list[str]:
+    """Stop every job still running whose metadata has all of ``metadata`` (a killed controller's job); with
+    ``wait_s``, wait until each has ended (a TimeoutError names those that did not)."""
     stopped = []
     for info in client.list_jobs():
         meta = info.metadata or {}
@@ -144,4 +145,12 @@ def stop_jobs(client, metadata: dict[str, str]) -> list[str]:
                 and info.submission_id:
             client.stop_job(info.submission_id)
             stopped.append(info.submission_id)
+    deadline = time.monotonic() + wait_s
+    running = list(stopped) if wait_s > 0 else []
+    while running:
+        running = [s for s in running if str(client.get_job_status(s).value) not in TERMINAL]
+        if running and time.monotonic() > deadline:
+            raise TimeoutError(f"job(s) {', '.join(running)} did not end within {wait_s:.0f} s of being stopped")
+        if running:
+            time.sleep(poll_s)
     return stopped

@@ -86,7 +86,7 @@ def run_local_trial(trial: TrialConfig, name: str, out_dir: Path, console, poll_
             "model_dir": str(assets.model_dir), "entrypoint": job.entrypoint(), "env": redacted(job.env),
         })
         progress.update(task, description="starting Ray", info="")
-        with LocalRayCluster(log_dir=out_dir) as cluster:
+        with LocalRayCluster(log_dir=out_dir, record_dir=out_dir) as cluster:
             run = JobRun(cluster.job_client(), job, f"{name}-{int(time.time())}", log_path=out_dir / "job.log",
                          poll_s=poll_s)
             progress.update(task, description="starting verl")

@@ -7,6 +7,9 @@ Layout (docs/architecture.md has the whole picture)::
         dashboard.html             the local dashboard page
         dashboards.json            the URLs of the published W&B workspace and report
         claims.json                the paper's claims as checks, as last evaluated (``maspo results NAME --claims``)
+        command.lock               the command working on the experiment now (pid, host); see ExperimentLock
+        local-ray.json             the private local Ray cluster of the command now running (a killed one's, found
+                                   by the next command and stopped)
         tune/                      Ray Tune's experiment state (what ``maspo resume`` restores)
         trials/<TRIAL>/
             metrics.jsonl          the trial's metric stream: every step once, across retries
@@ -26,13 +29,18 @@ torn by a crash is dropped, not misread). verl's ``file`` logger writes the same
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import re
 import zipfile
+import socket
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from orchestrator.config.plan import ExperimentPlan
 from orchestrator.errors import UserError
@@ -44,6 +52,8 @@ STATUS_FILE = "status.json"
 TRIAL_FILE = "trial.json"
 PUBLISHED_FILE = "dashboards.json"  # the URLs of the experiment's published W&B workspace and report
 CLAIMS_FILE = "claims.json"  # the claims' verdicts (orchestrator/claims.py)
+LOCK_FILE = "command.lock"  # which command works on the experiment now (ExperimentLock)
+LOCAL_RAY_FILE = "local-ray.json"  # the private local Ray cluster of the running command (orchestrator.cluster)
 CHECKPOINT_TRACKER = "latest_checkpointed_iteration.txt"  # verl's: the step of its newest checkpoint
 CHECKPOINT_SHARDS = ("model", "optim", "extra_state")  # verl's FSDP checkpoint: one file of each per rank
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -469,3 +479,149 @@ class ExperimentDir:
 
     def unfinished(self, plan: ExperimentPlan) -> list[str]:
         return [t.name for t in plan.trials if self.trial(t.name).status().get("state") != "succeeded"]
+
+
+# --------------------------------------------------------------------------------------------------------
+# one command at a time on an experiment
+
+
+def process_started(pid: int) -> float | None:
+    """When process ``pid`` of this host started (seconds since the epoch), None if there is none."""
+    try:
+        import psutil
+
+        return psutil.Process(pid).create_time()
+    except Exception:  # noqa: BLE001 (psutil.NoSuchProcess, AccessDenied, ...: no process we can vouch for)
+        return None
+
+
+def holder_alive(holder: dict) -> bool:
+    """Whether the process a lock or cluster record names still runs: same host, same pid, same start time (a
+    pid the kernel gave to another process since is not the holder). A holder on another host counts as alive."""
+    if holder.get("host") != socket.gethostname():
+        return True
+    try:
+        pid = int(holder["pid"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    started = process_started(pid)
+    if started is None:
+        return False
+    recorded = holder.get("pid_started")
+    return recorded is None or abs(float(recorded) - started) < 2.0
+
+
+class ExperimentBusy(UserError):
+    """Another live command works on the experiment."""
+
+
+class ExperimentLock:
+    """``runs/<NAME>/command.lock``: the one command (sweep, compare, resume, demo, run) working on an experiment.
+
+    The lock is an exclusive ``flock`` on the file, which the kernel drops when its holder dies, even of SIGKILL;
+    the file's content names the holder (command, pid, host, start) for the message a second command prints. A
+    record of a holder on this host whose process still runs refuses too, so a file system that ignores
+    ``flock`` still keeps two commands apart; a record whose process is dead (or whose pid now belongs to another
+    process) is taken over. The file is never deleted (deleting a locked file would let two commands lock two
+    different files), only emptied when its holder ends.
+    """
+
+    def __init__(self, directory: Path, command: str):
+        self.directory, self.command = directory, command
+        self.path = directory / LOCK_FILE
+        self._fd: int | None = None
+        self._created_dir = False
+
+    def holder(self) -> dict:
+        holder = read_json(self.path, {})
+        return holder if isinstance(holder, dict) else {}
+
+    def _refuse(self, holder: dict) -> ExperimentBusy:
+        since = holder.get("started")
+        when = time.strftime(" since %Y-%m-%d %H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else ""
+        return ExperimentBusy(
+            f"experiment {self.directory.name!r} is in use: `{holder.get('command', 'a maspo command')}` runs as "
+            f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}{when}; wait for it to end, or stop it "
+            f"and run `maspo resume {self.directory.name}` (lock: {self.path})")
+
+    def acquire(self) -> ExperimentLock:
+        self._created_dir = not self.directory.exists()
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise UserError(f"cannot write {self.path}: {err.strerror or err}") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+                raise self._refuse(self.holder()) from None
+            holder = self.holder()
+            if holder.get("pid") and holder.get("pid") != os.getpid() and holder.get("host") == socket.gethostname() \
+                    and holder_alive(holder):  # alive but not holding the flock: a file system without flock
+                raise self._refuse(holder)
+            me = {"command": self.command, "pid": os.getpid(), "host": socket.gethostname(),
+                  "pid_started": process_started(os.getpid()), "started": time.time()}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(me).encode(), 0)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            self._remove_if_only_lock()
+            raise
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            os.ftruncate(self._fd, 0)  # empty: nobody holds it (the flock goes with the descriptor)
+        except OSError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+        self._remove_if_only_lock()
+
+    def _remove_if_only_lock(self) -> None:
+        """A command that made the directory and wrote nothing else leaves nothing behind."""
+        if self._created_dir:
+            try:
+                if [p.name for p in self.directory.iterdir()] == [LOCK_FILE]:
+                    self.path.unlink()
+                    self.directory.rmdir()
+            except OSError:
+                pass
+
+    def __enter__(self) -> ExperimentLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+@contextmanager
+def locked(directory: Path, command: str) -> Iterator[ExperimentLock]:
+    """Hold ``directory``'s :class:`ExperimentLock` for the block (a live holder: :class:`ExperimentBusy`)."""
+    with ExperimentLock(directory, command) as lock:
+        yield lock
+
+
+# --------------------------------------------------------------------------------------------------------
+# the private local Ray cluster of the command working on the experiment
+
+
+def local_ray_record(directory: Path) -> dict:
+    """``local-ray.json``: the private Ray cluster a command started for ``directory`` (empty: none recorded)."""
+    record = read_json(directory / LOCAL_RAY_FILE, {})
+    return record if isinstance(record, dict) else {}
+
+
+def write_local_ray_record(directory: Path, record: dict) -> None:
+    write_json(directory / LOCAL_RAY_FILE, record)
+
+
+def clear_local_ray_record(directory: Path) -> None:
+    (directory / LOCAL_RAY_FILE).unlink(missing_ok=True)

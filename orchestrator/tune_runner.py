@@ -39,7 +39,7 @@ from orchestrator.errors import UserError
 from orchestrator.jobs import JobRun, JobStartTimeout, redacted, stop_jobs
 from orchestrator.rehearsal import drill, drill_step, quiet_resume_drills, should_drill
 from orchestrator.render import render_job, trial_checkpoint_dir
-from orchestrator.store import ExperimentDir, choose_resume, summary
+from orchestrator.store import ExperimentDir, choose_resume, read_records, summary
 from orchestrator.verl_bridge.patches import install_driver_patches
 
 SLOT_RESOURCE = "verl_slot"
@@ -66,11 +66,32 @@ def trial_controller(config: dict) -> None:
     planned = next(t for t in plan.trials if t.name == config["trial"])
     files = experiment.trial(planned.name)
     status = files.status()
+    if status.get("state") == "succeeded":  # its job ended before a killed driver's Tune state could say so
+        tune.report({**summary(files.records()), "attempt": len(status["attempts"]), "resumed_from_step": 0})
+        return
+
+    client = JobSubmissionClient(_dashboard_url())
+    identity = {"maspo_experiment": plan.name, "maspo_trial": planned.name}
+    # a restored trial's previous job may still run (a driver killed by SIGKILL cannot stop it): it must have
+    # ended before the checkpoint is read and a new job writes the same checkpoint directory
+    lost = _end_previous_jobs(client, identity, status)
+    stream = files.stream()
+    if lost is not None and lost.get("metrics_path"):
+        # what the lost attempt's job logged after its controller died counts, as if it had been tailed
+        for record in read_records(Path(lost["metrics_path"])):
+            stream.accept(record)
+        if lost["job_status"] != "FAILED" and stream.steps() >= set(range(planned.trial.profile.steps + 1)):
+            # it logged its last step while no driver ran (verl logs a step, its validation included, once the
+            # step is done; a local profile's killed cluster cannot say the job's status): nothing left to do
+            status["state"] = "succeeded"
+            files.write_status(status)
+            tune.report({**summary(stream.records), "attempt": len(status["attempts"]), "resumed_from_step": 0})
+            return
+    files.write_status(status)
     attempt = len(status["attempts"]) + 1
     attempt_dir = files.attempt_dir(attempt)
     attempt_dir.mkdir(parents=True, exist_ok=True)
 
-    stream = files.stream()
     # the newest checkpoint that is complete and logged; a cut-off one is passed over, with a warning
     resume = choose_resume(trial_checkpoint_dir(planned, files.path), stream.steps())
     resumed_from = resume.step
@@ -86,13 +107,10 @@ def trial_controller(config: dict) -> None:
         "entrypoint": job.entrypoint(), "env": redacted(job.env),
     })
 
-    client = JobSubmissionClient(_dashboard_url())
-    identity = {"maspo_experiment": plan.name, "maspo_trial": planned.name}
-    stop_jobs(client, identity)  # a restored trial's previous job may still run (its controller was killed)
     submission_id = f"{planned.name}-a{attempt}-{uuid.uuid4().hex[:6]}"
     status["attempts"].append({"attempt": attempt, "submission_id": submission_id, "started": time.time(),
                                "resumed_from_step": resumed_from, "ended": None, "job_status": "PENDING",
-                               "slot_nodes": _slot_nodes()})
+                               "slot_nodes": _slot_nodes(), "metrics_path": str(job.metrics_path)})
     if resume.warning():
         status["attempts"][-1]["checkpoint_warning"] = resume.warning()
     from orchestrator.scales import gpus_of
@@ -131,6 +149,27 @@ def trial_controller(config: dict) -> None:
         said = f" ({run.message})" if run.message else ""
         raise TrialJobFailed(f"verl job {submission_id} ended {job_status}{said}; log: {attempt_dir / 'job.log'}"
                              f"\n{log_tail}")
+
+
+PREVIOUS_JOB_STOP_S = 120.0  # verl gets SIGTERM, then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S (3 s by default)
+
+
+def _end_previous_jobs(client, identity: dict[str, str], status: dict) -> dict | None:
+    """Stop every job of this trial still running on the cluster and wait until each has ended. If the last
+    attempt's controller could not record its end (it died with a killed driver), record it and return it."""
+    stopped = stop_jobs(client, identity, wait_s=PREVIOUS_JOB_STOP_S)
+    if stopped:
+        status["state"] = "stopped"
+    last = status["attempts"][-1] if status["attempts"] else None
+    if last is None or last.get("ended") is not None:
+        return None
+    try:
+        job_status = str(client.get_job_status(last["submission_id"]).value)
+    except Exception:  # noqa: BLE001 (a job of another cluster: a local profile's killed cluster was stopped)
+        job_status = "STOPPED"
+    last.update(ended=time.time(), job_status=job_status,
+                ended_by="stopped by resume" if last["submission_id"] in stopped else "found ended by resume")
+    return last
 
 
 def _slot_nodes() -> list[str]:
@@ -291,7 +330,7 @@ def run_experiment(plan: ExperimentPlan, exp_dir: Path, console, *, address: str
     if (plan.profile == "local" or plan.rehearse) and address is None:
         slots = (plan.max_concurrent or local_slots()) * plan.slots_per_trial
         cluster = LocalRayCluster(num_cpus=16 * slots, num_gpus=slots, log_dir=exp_dir,
-                                  resources={SLOT_RESOURCE: slots})
+                                  resources={SLOT_RESOURCE: slots}, record_dir=exp_dir)
     else:
         cluster = None
     if plan.profile == "a100":
@@ -300,8 +339,15 @@ def run_experiment(plan: ExperimentPlan, exp_dir: Path, console, *, address: str
         _prepare_shared_assets(plan, console)
     try:
         if cluster is not None:
-            cluster.start()
-            address = cluster.address
+            cluster.start()  # stops a killed command's cluster first (cluster.stop_orphaned_cluster)
+            address, orphan = cluster.address, cluster.orphan
+        else:  # a killed local run resumed against a cluster: its private Ray must not go on writing checkpoints
+            from orchestrator.cluster import stop_orphaned_cluster
+
+            orphan = stop_orphaned_cluster(exp_dir)
+        if orphan and orphan.get("processes"):
+            console.print(f"stopped the private Ray cluster a killed command (pid {orphan.get('driver_pid')}) left "
+                          f"running: {orphan['processes']} processes, its jobs included", markup=False)
         install_driver_patches()  # the driver's console: Ray's worker-start warnings dropped (docs/patches.md)
         try:
             ray.init(address=address, log_to_driver=False, logging_level="ERROR",

@@ -33,6 +33,10 @@ first attempt after it logged that step until a file ``release`` (or ``release-<
 experiment directory (at most ``STANDIN_PAUSE_S``, default 300), and writes ``paused.json`` (step, GPU nodes)
 beside its ledger meanwhile.
 ``STANDIN_ENTRYPOINT_RESOURCES`` (JSON) is what the job's entrypoint asks Ray for.
+With ``STANDIN_EXCLUSIVE`` it holds an exclusive ``flock`` on ``<checkpoint dir>/.writer``
+for its whole run (the kernel drops it when the process dies); a job that finds it taken, i.e. a second run of the
+trial writing the same checkpoint directory while the first is alive, writes ``overlap-<attempt>`` into the
+trial's directory and exits 5.
 
 The ``STANDIN_*`` settings come from the environment of the Ray nodes (the trial controllers render the job), and
 an experiment directory's ``standin.json`` (name -> value) overrides them for that experiment only.
@@ -138,6 +142,7 @@ def seconds_of(planned, env: dict[str, str] | None = None) -> float:
 def render(planned, plan, trial_dir: Path, attempt_dir: Path):
     """The renderer the trial controller calls instead of verl's (``renderer="tests.standin_job:render"``)."""
     from orchestrator.jobs import TrialJob
+    from orchestrator.render import trial_checkpoint_dir
     from orchestrator.scales import gpus_of
 
     given = settings(trial_dir)
@@ -151,11 +156,13 @@ def render(planned, plan, trial_dir: Path, attempt_dir: Path):
            "STANDIN_TEST_FREQ": str(profile.test_freq), "STANDIN_LEDGER": str(attempt_dir / "ledger.json"),
            "STANDIN_SECONDS": str(seconds_of(planned, given)), "STANDIN_QUALITY": quality,
            "STANDIN_CURVE_SEED": f"{planned.name}", "PYTHONPATH": str(Path(__file__).parents[1])}
+    if given.get("STANDIN_CHECKPOINTS"):
+        env["STANDIN_CHECKPOINT_DIR"] = str(trial_checkpoint_dir(planned, trial_dir))
     if planned.label in finals:
         env["STANDIN_FINAL"] = str(finals[planned.label])
     for name in ("STANDIN_RENDEZVOUS", "STANDIN_RENDEZVOUS_S", "STANDIN_CURVE_NOISE", "STANDIN_VALIDATE_AT_TEST_FREQ",
                  "STANDIN_GPU_WAIT_S", "STANDIN_WORKERS", "STANDIN_GPUS_ON_SLOT_NODES", "STANDIN_PAUSE",
-                 "STANDIN_PAUSE_S"):
+                 "STANDIN_PAUSE_S", "STANDIN_EXCLUSIVE"):
         if name in given:
             env[name] = given[name]
     if given.get("STANDIN_CHECKPOINTS"):
@@ -264,6 +271,25 @@ def main() -> int:
     test_freq = int(os.environ.get("STANDIN_TEST_FREQ", "1"))
     val_freq = test_freq if os.environ.get("STANDIN_VALIDATE_AT_TEST_FREQ") else 1
     seconds = float(os.environ["STANDIN_SECONDS"])
+    checkpoints = Path(os.environ["STANDIN_CHECKPOINT_DIR"]) if os.environ.get("STANDIN_CHECKPOINT_DIR") else None
+    if os.environ.get("STANDIN_EXCLUSIVE"):
+        import fcntl
+
+        writer_dir = checkpoints or ledger.parents[2] / "checkpoints"
+        writer_dir.mkdir(parents=True, exist_ok=True)
+        writer = open(writer_dir / ".writer", "a")  # kept open (and locked) until the process ends
+        try:
+            fcntl.flock(writer, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            (ledger.parents[2] / f"overlap-{ledger.parent.name}").write_text(str(os.getpid()))
+            print(f"another run of this trial still writes {writer_dir}", file=sys.stderr)
+            return 5
+    first = 0
+    if checkpoints is not None:
+        try:
+            first = int((checkpoints / "latest_checkpointed_iteration.txt").read_text().strip())
+        except (OSError, ValueError):
+            first = 0
     paced_from = time.monotonic()  # after the rendezvous: the run time is the steps' own
     with open(os.environ["VERL_FILE_LOGGER_PATH"], "w") as log:
         for step in range(first, steps + 1):
@@ -282,7 +308,7 @@ def main() -> int:
             if step == pause:
                 _hold(ledger, step, gpu_nodes, workers)
             # sleep to the step's planned end, so the run time holds however slow the machine is
-            time.sleep(max(0.0, paced_from + seconds * (step + 1) / (steps + 1) - time.monotonic()))
+            time.sleep(max(0.0, paced_from + seconds * (step - first + 1) / (steps + 1) - time.monotonic()))
     end, end_mono = time.time(), time.monotonic()
     if rendezvous is not None:
         (rendezvous / f"{me}.running").unlink()

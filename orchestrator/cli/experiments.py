@@ -283,6 +283,28 @@ def _launch(plan, *, dry_run: bool, address: Optional[str], root: Path, resume: 
     from orchestrator.tune_runner import check_ready, run_experiment
 
     check_ready(plan, address)  # a cluster and its data, before anything is written or started
+    from orchestrator.store import ExperimentLock
+
+    # one command at a time on an experiment: a second one (a second resume, a sweep --name of a running one)
+    # refuses with the running command's pid and host; a dead holder's lock is taken over
+    with ExperimentLock(exp_dir, _command_line(plan.name, resume)):
+        _launch_locked(plan, experiment, address=address, root=root, resume=resume)
+
+
+def _command_line(name: str, resume: bool) -> str:
+    """How the lock names this command: its own argv, or what it does."""
+    import sys
+
+    argv = [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv and sys.argv[0] else []
+    if argv and argv[0] in ("maspo", "__main__.py"):
+        return " ".join(["maspo", *argv[1:]])
+    return f"maspo resume {name}" if resume else f"maspo sweep/compare --name {name}"
+
+
+def _launch_locked(plan, experiment, *, address: Optional[str], root: Path, resume: bool) -> None:
+    from orchestrator.tune_runner import run_experiment
+
+    exp_dir = experiment.path
     if resume:
         if not experiment.exists():
             raise UserError(f"nothing to resume: {experiment.tune_dir} does not exist")

@@ -64,5 +64,8 @@ def run_command(
         raise UserError(f"--out {out_dir} is a file, not a directory")
 
     from orchestrator.local_trial import run_local_trial
+    from orchestrator.store import ExperimentLock
 
-    raise typer.Exit(run_local_trial(trial, name, out_dir, console))
+    with ExperimentLock(out_dir, f"maspo run --name {name}"):  # two runs would share one checkpoint directory
+        code = run_local_trial(trial, name, out_dir, console)
+    raise typer.Exit(code)
