@@ -19,15 +19,19 @@ A ``maspo run`` directory is a single trial's directory (``metrics.jsonl`` and `
 
 Writes are crash-safe: JSON files are written to a temporary file and renamed over the old one, a metric record
 is appended as one newline-terminated line, and every reader skips a line that is not complete JSON (a record
-torn by a crash is dropped, not misread). verl's ``file`` logger writes the same record format
+torn by a crash is dropped, not misread). A full disk (``ENOSPC``, or a quota: ``EDQUOT``) leaves the old file as it
+was: a temporary file is removed, an append that wrote part of its line is cut back to the file's old length, and
+:class:`DiskFull` names the path (one line for the command to print; ``maspo resume`` continues once there is room). verl's ``file`` logger writes the same record format
 (``{"step": s, "data": {...}}`` per line); this module reads it too.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -60,18 +64,74 @@ def experiment_dir(name: str, root: Path | None = None) -> Path:
 # crash-safe primitives
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a reader sees the old or the new content, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFull(UserError):
+    """A write failed because the file system of ``path`` is full (or over quota); nothing was half-written.
+
+    Not the user's mistake, but the user's to fix: the command prints this one line and exits with code 1
+    (``exit_code``), never a traceback.
+    """
+
+    exit_code = 1
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        super().__init__(f"no space left on the device of {self.path}: nothing was half-written; free some space "
+                         f"there, then `maspo resume` continues from the last checkpoint")
+
+    def __reduce__(self):  # raised in a Tune trial (a Ray worker), re-raised in the driver: pickles by its path
+        return (type(self), (self.path,))
+
+
+def is_disk_full(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS
+
+
+@contextmanager
+def disk_full_as_error(path: Path | str):
+    """Turn an ``OSError`` of a full disk inside the block into :class:`DiskFull` naming the file (or ``path``)."""
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
+        yield
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        raise DiskFull(err.filename or path) from None
+
+
+def check_space(directory: Path, probe_bytes: int = 1 << 18) -> None:
+    """Raise :class:`DiskFull` naming ``directory`` if a file of ``probe_bytes`` cannot be written there now.
+
+    For a failure seen from outside the write that failed (Tune's own files, a job's process): is it the disk?
+    """
+    probe = directory / f".space-probe.{os.getpid()}"
+    try:
+        with disk_full_as_error(directory), open(probe, "wb") as f:
+            f.write(b"\0" * probe_bytes)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+    except DiskFull:
+        raise DiskFull(directory) from None
+    except OSError:  # not ours to judge (a directory gone, no permission): the original failure stands
+        pass
     finally:
-        tmp.unlink(missing_ok=True)
+        probe.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a reader sees the old or the new content, never a part."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with disk_full_as_error(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(tmp, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def write_json(path: Path, payload: Any) -> None:
@@ -87,15 +147,29 @@ def read_json(path: Path, default: Any = None) -> Any:
 
 
 def append_record(path: Path, record: dict) -> None:
-    """Append one record as one complete line (a torn line from an earlier crash is closed first)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Append one record as one complete line (a torn line from an earlier crash is closed first).
+
+    A write that fails (a full disk) is undone: the file is cut back to its length before, so it never ends
+    in part of this record.
+    """
     line = json.dumps(record) + "\n"
-    with open(path, "ab+") as f:
-        if f.tell() > 0:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
+    with disk_full_as_error(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if size > 0 and os.pread(fd, 1, size - 1) != b"\n":
                 line = "\n" + line
-        f.write(line.encode())
+            data = line.encode()
+            try:
+                written = 0
+                while written < len(data):  # os.write may write part of it
+                    written += os.write(fd, data[written:])
+            except OSError:
+                os.ftruncate(fd, size)  # shrinking needs no space
+                raise
+        finally:
+            os.close(fd)
 
 
 def parse_records(lines: Iterable[bytes | str]) -> list[dict]:
