@@ -6,6 +6,7 @@ Layout (docs/architecture.md has the whole picture)::
         experiment.json            the plan (orchestrator.config.plan.ExperimentPlan)
         dashboard.html             the local dashboard page
         dashboards.json            the URLs of the published W&B workspace and report
+        wandb_synced.json          the offline W&B runs `maspo sync` uploaded (what a second sync leaves out)
         tune/                      Ray Tune's experiment state (what ``maspo resume`` restores)
         trials/<TRIAL>/
             metrics.jsonl          the trial's metric stream: every step once, across retries
@@ -45,6 +46,7 @@ METRICS_FILE = "metrics.jsonl"
 STATUS_FILE = "status.json"
 TRIAL_FILE = "trial.json"
 PUBLISHED_FILE = "dashboards.json"  # the URLs of the experiment's published W&B workspace and report
+SYNCED_FILE = "wandb_synced.json"  # offline W&B run dirs uploaded by `maspo sync`: {relative dir: {...}}
 CHECKPOINT_TRACKER = "latest_checkpointed_iteration.txt"  # verl's: the step of its newest checkpoint
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -446,5 +448,32 @@ class ExperimentDir:
     def write_published(self, published: dict) -> None:
         write_json(self.path / PUBLISHED_FILE, published)
 
+    def synced(self) -> dict[str, dict]:
+        """The offline W&B runs ``maspo sync`` uploaded: {directory relative to the experiment: record}."""
+        synced = read_json(self.path / SYNCED_FILE, {})
+        return synced if isinstance(synced, dict) else {}
+
+    def is_synced(self, run_dir: Path) -> bool:
+        """``run_dir`` (an ``offline-run-*`` directory) was uploaded by ``maspo sync``."""
+        return self._relative(run_dir) in self.synced()
+
+    def mark_synced(self, run_dirs: Iterable[Path], run_id: str, when: float) -> None:
+        """Record that ``wandb sync`` uploaded these offline directories (of one run) completely."""
+        synced = self.synced()
+        for run_dir in run_dirs:
+            synced[self._relative(run_dir)] = {"run_id": run_id, "bytes": _wandb_bytes(run_dir), "synced": when}
+        write_json(self.path / SYNCED_FILE, synced)
+
+    def _relative(self, path: Path) -> str:
+        try:
+            return str(Path(path).resolve().relative_to(self.path.resolve()))
+        except ValueError:
+            return str(Path(path).resolve())
+
     def unfinished(self, plan: ExperimentPlan) -> list[str]:
         return [t.name for t in plan.trials if self.trial(t.name).status().get("state") != "succeeded"]
+
+
+def _wandb_bytes(run_dir: Path) -> int:
+    """The size of an offline run's ``run-*.wandb`` transaction log(s)."""
+    return sum(p.stat().st_size for p in Path(run_dir).glob("run-*.wandb"))

@@ -27,6 +27,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -290,15 +291,19 @@ def sync_experiment(exp_dir: Path | str, dry_run: bool = False, *, include_synce
 
     A trial retried after a failure has one offline directory per attempt, all with the trial's run id; they go
     to ``wandb sync`` together, which uploads them in order of start time into one run. ``dry_run`` only returns
-    the commands. Directories ``wandb sync`` marked as uploaded are left out unless ``include_synced``. Needs W&B
-    credentials unless ``dry_run``.
+    the commands. A run whose ``wandb sync`` succeeded is recorded in the experiment directory
+    (``wandb_synced.json``, :meth:`orchestrator.store.ExperimentDir.mark_synced`), and a second sync leaves it out,
+    as it leaves out directories ``wandb sync`` itself marked as uploaded, unless ``include_synced``. Needs W&B credentials unless ``dry_run``.
     """
+    from orchestrator.store import ExperimentDir
+
     exp_dir = Path(exp_dir)
     if not exp_dir.is_dir():
         raise TrackingError(f"no experiment directory {exp_dir}")
+    experiment = ExperimentDir(exp_dir)
     runs = find_offline_runs(exp_dir)
     if not include_synced:
-        runs = [r for r in runs if not any(r.glob("run-*.wandb.synced"))]
+        runs = [r for r in runs if not any(r.glob("run-*.wandb.synced")) and not experiment.is_synced(r)]
     if not dry_run and runs and not has_credentials():
         raise TrackingError("no W&B credentials: run `wandb login` or set WANDB_API_KEY, then sync again")
     by_id: dict[str, list[Path]] = {}
@@ -312,5 +317,7 @@ def sync_experiment(exp_dir: Path | str, dry_run: bool = False, *, include_synce
         if not dry_run:
             done = runner(command, capture_output=True, text=True)
             result.returncode, result.output = done.returncode, (done.stdout or "") + (done.stderr or "")
+            if done.returncode == 0:  # recorded at once: an interrupted sync keeps what it uploaded
+                experiment.mark_synced(run_dirs, run_id_, time.time())
         results.append(result)
     return results

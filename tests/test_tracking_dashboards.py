@@ -562,3 +562,53 @@ def test_local_page_of_the_real_trial(real_trial, tmp_path):
     image = screenshot(path, tmp_path / "real.png")
     # two settings, two colours: both groups' lines are drawn
     assert colour_pixels(image, PALETTE[0]) > 500 and colour_pixels(image, PALETTE[1]) > 500
+
+
+FAKE_WANDB = """#!/bin/sh
+# a stand-in for the `wandb` CLI at the process boundary: records each `wandb sync` call; no network, no marker
+echo "$*" >> "{calls}"
+for arg in "$@"; do case "$arg" in *{fail}*) echo "wandb: ERROR network is unreachable" >&2; exit 1;; esac; done
+echo "Syncing: done"
+"""
+
+
+def test_sync_twice_uploads_each_run_once_and_retries_only_what_failed(tmp_path, monkeypatch):
+    """`maspo sync NAME` twice: the second uploads nothing. The fake `wandb` leaves no `.synced` marker (as an
+    interrupted real one would not), so what leaves a run out is the record in the experiment directory."""
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+    from orchestrator.store import SYNCED_FILE, ExperimentDir
+
+    clean_env(monkeypatch, tmp_path)
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    exp = tmp_path / "runs" / "exp"
+    a1 = fake_offline_run(exp / "trials" / "a", "20260101_000000", "exp-a")
+    a2 = fake_offline_run(exp / "trials" / "a", "20260102_000000", "exp-a")  # the retry of trial a
+    b = fake_offline_run(exp / "trials" / "b", "20260101_100000", "exp-b")
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "wandb"
+    fake.write_text(FAKE_WANDB.format(calls=calls, fail="exp-b"))
+    fake.chmod(0o755)
+    monkeypatch.setattr(tracking, "wandb_cli", lambda: [str(fake)])
+    runs_root = ["--runs-root", str(tmp_path / "runs")]
+
+    def sync():
+        out = CliRunner().invoke(app, ["sync", "exp", *runs_root])
+        sent = calls.read_text().splitlines() if calls.exists() else []
+        calls.unlink(missing_ok=True)
+        return out, sent
+
+    out, sent = sync()  # b fails (network down): a is uploaded and recorded, b is not
+    assert out.exit_code == 1 and "failed exp-b" in " ".join(out.output.split())
+    assert sent == [f"sync --yes {a1} {a2}", f"sync --yes {b}"]
+    assert set(ExperimentDir(exp).synced()) == {str(a1.relative_to(exp)), str(a2.relative_to(exp))}
+    fake.write_text(FAKE_WANDB.format(calls=calls, fail="nothing-fails-now"))
+    out, sent = sync()  # network back: only b
+    assert out.exit_code == 0 and sent == [f"sync --yes {b}"]
+    out, sent = sync()  # everything uploaded once: nothing is sent
+    assert out.exit_code == 0 and sent == [] and "nothing to upload" in out.output
+    records = json.loads((exp / SYNCED_FILE).read_text())
+    assert {r["run_id"] for r in records.values()} == {"exp-a", "exp-b"} and len(records) == 3
+    out = CliRunner().invoke(app, ["sync", "exp", "--include-synced", *runs_root])  # asked for: all again
+    assert out.exit_code == 0 and len(calls.read_text().splitlines()) == 2
