@@ -286,8 +286,7 @@ def run_experiment(plan: ExperimentPlan, exp_dir: Path, console, *, address: str
             address = cluster.address
         install_driver_patches()  # the driver's console: Ray's worker-start warnings dropped (docs/patches.md)
         try:
-            ray.init(address=address, log_to_driver=False, logging_level="ERROR",
-                     runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}} if cluster else None)
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR")  # the private one: its token
         except ConnectionError as err:
             raise UserError(f"cannot reach the Ray cluster at {address}: {str(err).splitlines()[0]}") from None
         from orchestrator.cluster import terminate_as_interrupt

@@ -13,12 +13,10 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
-from orchestrator import store
 from orchestrator.store import DiskFull, ExperimentDir, MetricStream, append_record, read_records, write_json
 
 
