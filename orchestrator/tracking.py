@@ -36,6 +36,8 @@ from urllib.parse import urlparse
 from orchestrator.errors import UserError
 
 TRIAL_JSON_ENV = "MASPO_TRIAL_JSON"
+WANDB_FLUSH_ENV = "WANDB__TRANSACTION_LOG_FLUSH_INTERVAL"  # wandb's setting x_transaction_log_flush_interval
+WANDB_FLUSH_SECONDS = "1"
 DEFAULT_PROJECT = "maspo"
 _ID_UNSAFE = re.compile(r"[^a-z0-9_-]+")
 
@@ -101,6 +103,10 @@ def wandb_env(*, project: str, entity: str | None, experiment: str, trial_name: 
         "WANDB_RUN_ID": run_id,
         "WANDB_RESUME": "allow",
         "WANDB_MODE": environ.get("WANDB_MODE") or ("online" if has_credentials(environ) else "offline"),
+        # wandb-core writes the run's .wandb log every 15 s by default; a job SIGKILLed (a node lost, OOM) loses
+        # what was not written. Every second: a killed attempt loses at most its last second in W&B, and those
+        # steps come after its checkpoint, so the retry logs them again (docs/orchestration.md#offline-wandb)
+        WANDB_FLUSH_ENV: WANDB_FLUSH_SECONDS,
     }
     if entity:
         env["WANDB_ENTITY"] = entity
