@@ -105,7 +105,7 @@ def wandb_env(*, project: str, entity: str | None, experiment: str, trial_name: 
         "WANDB_MODE": environ.get("WANDB_MODE") or ("online" if has_credentials(environ) else "offline"),
         # wandb-core writes the run's .wandb log every 15 s by default; a job SIGKILLed (a node lost, OOM) loses
         # what was not written. Every second: a killed attempt loses at most its last second in W&B, and those
-        # steps come after its checkpoint, so the retry logs them again (docs/orchestration.md#offline-wandb)
+        # steps come after its checkpoint, so the retry logs them again (docs/orchestration.md#wandb-offline)
         WANDB_FLUSH_ENV: WANDB_FLUSH_SECONDS,
     }
     if entity:
