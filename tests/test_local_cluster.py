@@ -100,7 +100,7 @@ print("ACCEPTED", ray.cluster_resources())
 sys.exit(1)
 """
 
-JOB_ENTRYPOINT = "python -c \"import os, ray; ray.init(); print('JOB-OK', ray.cluster_resources()['CPU']); " \
+JOB_ENTRYPOINT = f"{sys.executable} -c \"import os, ray; ray.init(); print('JOB-OK', ray.cluster_resources()['CPU']); " \
                  "print(sorted(os.environ.items()))\""
 
 
