@@ -4,8 +4,17 @@ The local cluster is ``ray start --head --block`` in its own process session wit
 explicitly (free ports on 127.0.0.1) and its own temp dir, so another Ray on the same machine can neither
 receive our jobs nor be stopped by us (``ray stop`` would kill every Ray of the user). It declares fake GPU
 slots (verl checks for "GPU" resources before it places workers) and 16 logical CPUs (verl and
-TransferQueue ask for whole CPUs per actor). Token authentication is disabled for it: it listens on
-127.0.0.1 only and lives as long as the command that started it.
+TransferQueue ask for whole CPUs per actor).
+
+It listens on 127.0.0.1 only, but on a shared login node every local user can reach 127.0.0.1, and a Ray Job
+is code run as the experiment's owner. So Ray's token authentication is ON (``RAY_AUTH_MODE=token``): each
+cluster gets a fresh random token (256 bits) in a file only its owner can read (mode 0600, in a 0700 directory of
+its own under /tmp: Ray makes its temp dir world-writable).
+Its processes, and through them the trial controllers and the verl jobs, find it through
+``RAY_AUTH_TOKEN_PATH`` (a path: no process environment, ``ray job list`` or log holds the token itself); the
+driver's clients (``ray.init``, the job submission client) get the same two variables while the cluster runs
+(:meth:`LocalRayCluster.client_env`). GCS, raylet and dashboard refuse a client without the token
+(tests/test_local_cluster.py).
 
 "As long as the command" includes being killed: the cluster runs in a session of its own (a Ctrl-C in the
 terminal must reach only our driver, which then stops jobs and cluster in order), so a driver that died of
@@ -27,6 +36,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -64,6 +74,17 @@ def terminate_as_interrupt() -> None:
             signal.signal(sig, _interrupt)
 
 
+def _reload_ray_auth() -> None:
+    """Ray caches the auth mode (its config) and the token (its loader) per process: reload both from the
+    environment (what ``ray.init`` itself does when it turns token auth on)."""
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+    except ImportError:  # Ray not installed in this process: nothing cached
+        return
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
 def free_ports(n: int) -> list[int]:
     sockets, ports = [], []
     for _ in range(n):
@@ -93,8 +114,47 @@ class LocalRayCluster:
         self.process: subprocess.Popen | None = None
         (self.gcs_port, self.dashboard_port, self.agent_port, self.agent_grpc_port, self.runtime_env_port,
          self.metrics_port, self.client_port, self.node_manager_port, self.object_manager_port) = free_ports(9)
-        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+        # not in temp_dir: Ray makes that world-writable (0777, no sticky bit), where another user could swap the
+        # file; a directory of its own in /tmp (sticky) with mode 0700 is this user's alone
+        self.auth_dir = Path(tempfile.mkdtemp(prefix="maspo-ray-auth-", dir="/tmp"))
+        self.token_path = self.auth_dir / "token"
+        self.env = {**os.environ, **self.client_env(), "RAY_USAGE_STATS_ENABLED": "0",
                     MARKER: str(self.temp_dir)}
+        self.env.pop("RAY_AUTH_TOKEN", None)  # a user's token for another cluster would take precedence
+        self._saved_env: dict[str, str | None] | None = None
+
+    def client_env(self) -> dict[str, str]:
+        """What a client of this cluster needs in its environment: token mode, and where the token is."""
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path)}
+
+    def _write_token(self) -> None:
+        """A fresh random token, readable by this user only (created 0600, never logged)."""
+        fd = os.open(self.token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token_path.read_text().strip()}"}
+
+    def _use_as_client(self) -> None:
+        """Make this process a client of this cluster: its token variables in ``os.environ``, and Ray's cached
+        config and token reloaded from them (``ray.init`` and Ray's HTTP clients read them there)."""
+        if self._saved_env is None:
+            self._saved_env = {k: os.environ.get(k) for k in (*self.client_env(), "RAY_AUTH_TOKEN")}
+        os.environ.pop("RAY_AUTH_TOKEN", None)
+        os.environ.update(self.client_env())
+        _reload_ray_auth()
+
+    def _restore_client_env(self) -> None:
+        if self._saved_env is None:
+            return
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved_env = None
+        _reload_ray_auth()
 
     @property
     def address(self) -> str:
@@ -108,6 +168,8 @@ class LocalRayCluster:
 
     def start(self) -> LocalRayCluster:
         terminate_as_interrupt()  # a killed driver still stops this cluster (see the module docstring)
+        self._write_token()
+        self._use_as_client()
         if self.record_dir is not None:
             self.orphan = stop_orphaned_cluster(self.record_dir)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,6 +183,7 @@ class LocalRayCluster:
                 write_local_ray_record(self.record_dir, {
                     "pid": self.process.pid, "session": self.process.pid, "host": socket.gethostname(),
                     "pid_started": process_started(self.process.pid), "temp_dir": str(self.temp_dir),
+                    "auth_dir": str(self.auth_dir),
                     "address": self.address, "dashboard_url": self.dashboard_url, "driver_pid": os.getpid(),
                     "started": time.time()})
             try:
@@ -161,7 +224,7 @@ class LocalRayCluster:
             if self.process.poll() is not None:
                 raise RuntimeError(f"ray start exited with {self.process.returncode}; see {self.log_path}")
             try:
-                response = requests.get(f"{self.dashboard_url}/api/jobs/", timeout=2)
+                response = requests.get(f"{self.dashboard_url}/api/jobs/", timeout=2, headers=self.auth_headers())
                 if response.status_code == 200 and self._agent_ready():
                     return
             except requests.RequestException:
@@ -180,7 +243,7 @@ class LocalRayCluster:
     def job_client(self):
         from ray.job_submission import JobSubmissionClient
 
-        return JobSubmissionClient(self.dashboard_url)
+        return JobSubmissionClient(self.dashboard_url, headers=self.auth_headers())
 
     def stop_jobs(self, wait_s: float = 20) -> None:
         """Stop every job still running on this cluster and wait for them to end. A job's entrypoint runs in a
@@ -223,6 +286,8 @@ class LocalRayCluster:
 
             if local_ray_record(self.record_dir).get("temp_dir") == str(self.temp_dir):
                 clear_local_ray_record(self.record_dir)
+        shutil.rmtree(self.auth_dir, ignore_errors=True)
+        self._restore_client_env()
 
     def __enter__(self) -> LocalRayCluster:
         try:
@@ -311,6 +376,8 @@ def stop_orphaned_cluster(directory: Path, wait_s: float = 10) -> dict | None:
     record["left"] = len(left)
     if temp_dir.startswith("/tmp/maspo-ray-"):
         shutil.rmtree(temp_dir, ignore_errors=True)
+    if str(record.get("auth_dir", "")).startswith("/tmp/maspo-ray-auth-"):  # its token, which no process uses now
+        shutil.rmtree(record["auth_dir"], ignore_errors=True)
     clear_local_ray_record(directory)
     return record
 

@@ -10,6 +10,7 @@ Layout (docs/architecture.md has the whole picture)::
         command.lock               the command working on the experiment now (pid, host); see ExperimentLock
         local-ray.json             the private local Ray cluster of the command now running (a killed one's, found
                                    by the next command and stopped)
+        wandb_synced.json          the offline W&B runs `maspo sync` uploaded (what a second sync leaves out)
         tune/                      Ray Tune's experiment state (what ``maspo resume`` restores)
         trials/<TRIAL>/
             metrics.jsonl          the trial's metric stream: every step once, across retries
@@ -23,7 +24,9 @@ A ``maspo run`` directory is a single trial's directory (``metrics.jsonl`` and `
 
 Writes are crash-safe: JSON files are written to a temporary file and renamed over the old one, a metric record
 is appended as one newline-terminated line, and every reader skips a line that is not complete JSON (a record
-torn by a crash is dropped, not misread). verl's ``file`` logger writes the same record format
+torn by a crash is dropped, not misread). A full disk (``ENOSPC``, or a quota: ``EDQUOT``) leaves the old file as it
+was: a temporary file is removed, an append that wrote part of its line is cut back to the file's old length, and
+:class:`DiskFull` names the path (one line for the command to print; ``maspo resume`` continues once there is room). verl's ``file`` logger writes the same record format
 (``{"step": s, "data": {...}}`` per line); this module reads it too.
 """
 
@@ -34,9 +37,9 @@ import fcntl
 import json
 import os
 import re
-import zipfile
 import socket
 import time
+import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +57,7 @@ PUBLISHED_FILE = "dashboards.json"  # the URLs of the experiment's published W&B
 CLAIMS_FILE = "claims.json"  # the claims' verdicts (orchestrator/claims.py)
 LOCK_FILE = "command.lock"  # which command works on the experiment now (ExperimentLock)
 LOCAL_RAY_FILE = "local-ray.json"  # the private local Ray cluster of the running command (orchestrator.cluster)
+SYNCED_FILE = "wandb_synced.json"  # offline W&B run dirs uploaded by `maspo sync`: {relative dir: {...}}
 CHECKPOINT_TRACKER = "latest_checkpointed_iteration.txt"  # verl's: the step of its newest checkpoint
 CHECKPOINT_SHARDS = ("model", "optim", "extra_state")  # verl's FSDP checkpoint: one file of each per rank
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -74,18 +78,74 @@ def experiment_dir(name: str, root: Path | None = None) -> Path:
 # crash-safe primitives
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a reader sees the old or the new content, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFull(UserError):
+    """A write failed because the file system of ``path`` is full (or over quota); nothing was half-written.
+
+    Not the user's mistake, but the user's to fix: the command prints this one line and exits with code 1
+    (``exit_code``), never a traceback.
+    """
+
+    exit_code = 1
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        super().__init__(f"no space left on the device of {self.path}: nothing was half-written; free some space "
+                         f"there, then `maspo resume` continues from the last checkpoint")
+
+    def __reduce__(self):  # raised in a Tune trial (a Ray worker), re-raised in the driver: pickles by its path
+        return (type(self), (self.path,))
+
+
+def is_disk_full(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS
+
+
+@contextmanager
+def disk_full_as_error(path: Path | str):
+    """Turn an ``OSError`` of a full disk inside the block into :class:`DiskFull` naming the file (or ``path``)."""
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
+        yield
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        raise DiskFull(err.filename or path) from None
+
+
+def check_space(directory: Path, probe_bytes: int = 1 << 18) -> None:
+    """Raise :class:`DiskFull` naming ``directory`` if a file of ``probe_bytes`` cannot be written there now.
+
+    For a failure seen from outside the write that failed (Tune's own files, a job's process): is it the disk?
+    """
+    probe = directory / f".space-probe.{os.getpid()}"
+    try:
+        with disk_full_as_error(directory), open(probe, "wb") as f:
+            f.write(b"\0" * probe_bytes)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+    except DiskFull:
+        raise DiskFull(directory) from None
+    except OSError:  # not ours to judge (a directory gone, no permission): the original failure stands
+        pass
     finally:
-        tmp.unlink(missing_ok=True)
+        probe.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a reader sees the old or the new content, never a part."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with disk_full_as_error(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(tmp, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def write_json(path: Path, payload: Any) -> None:
@@ -101,15 +161,29 @@ def read_json(path: Path, default: Any = None) -> Any:
 
 
 def append_record(path: Path, record: dict) -> None:
-    """Append one record as one complete line (a torn line from an earlier crash is closed first)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Append one record as one complete line (a torn line from an earlier crash is closed first).
+
+    A write that fails (a full disk) is undone: the file is cut back to its length before, so it never ends
+    in part of this record.
+    """
     line = json.dumps(record) + "\n"
-    with open(path, "ab+") as f:
-        if f.tell() > 0:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
+    with disk_full_as_error(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if size > 0 and os.pread(fd, 1, size - 1) != b"\n":
                 line = "\n" + line
-        f.write(line.encode())
+            data = line.encode()
+            try:
+                written = 0
+                while written < len(data):  # os.write may write part of it
+                    written += os.write(fd, data[written:])
+            except OSError:
+                os.ftruncate(fd, size)  # shrinking needs no space
+                raise
+        finally:
+            os.close(fd)
 
 
 def parse_records(lines: Iterable[bytes | str]) -> list[dict]:
@@ -476,6 +550,27 @@ class ExperimentDir:
     def claims(self) -> dict:
         claims = read_json(self.claims_path, {})
         return claims if isinstance(claims, dict) else {}
+    def synced(self) -> dict[str, dict]:
+        """The offline W&B runs ``maspo sync`` uploaded: {directory relative to the experiment: record}."""
+        synced = read_json(self.path / SYNCED_FILE, {})
+        return synced if isinstance(synced, dict) else {}
+
+    def is_synced(self, run_dir: Path) -> bool:
+        """``run_dir`` (an ``offline-run-*`` directory) was uploaded by ``maspo sync``."""
+        return self._relative(run_dir) in self.synced()
+
+    def mark_synced(self, run_dirs: Iterable[Path], run_id: str, when: float) -> None:
+        """Record that ``wandb sync`` uploaded these offline directories (of one run) completely."""
+        synced = self.synced()
+        for run_dir in run_dirs:
+            synced[self._relative(run_dir)] = {"run_id": run_id, "bytes": _wandb_bytes(run_dir), "synced": when}
+        write_json(self.path / SYNCED_FILE, synced)
+
+    def _relative(self, path: Path) -> str:
+        try:
+            return str(Path(path).resolve().relative_to(self.path.resolve()))
+        except ValueError:
+            return str(Path(path).resolve())
 
     def unfinished(self, plan: ExperimentPlan) -> list[str]:
         return [t.name for t in plan.trials if self.trial(t.name).status().get("state") != "succeeded"]
@@ -625,3 +720,8 @@ def write_local_ray_record(directory: Path, record: dict) -> None:
 
 def clear_local_ray_record(directory: Path) -> None:
     (directory / LOCAL_RAY_FILE).unlink(missing_ok=True)
+
+
+def _wandb_bytes(run_dir: Path) -> int:
+    """The size of an offline run's ``run-*.wandb`` transaction log(s)."""
+    return sum(p.stat().st_size for p in Path(run_dir).glob("run-*.wandb"))

@@ -27,6 +27,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -35,6 +36,8 @@ from urllib.parse import urlparse
 from orchestrator.errors import UserError
 
 TRIAL_JSON_ENV = "MASPO_TRIAL_JSON"
+WANDB_FLUSH_ENV = "WANDB__TRANSACTION_LOG_FLUSH_INTERVAL"  # wandb's setting x_transaction_log_flush_interval
+WANDB_FLUSH_SECONDS = "1"
 DEFAULT_PROJECT = "maspo"
 _ID_UNSAFE = re.compile(r"[^a-z0-9_-]+")
 
@@ -100,6 +103,10 @@ def wandb_env(*, project: str, entity: str | None, experiment: str, trial_name: 
         "WANDB_RUN_ID": run_id,
         "WANDB_RESUME": "allow",
         "WANDB_MODE": environ.get("WANDB_MODE") or ("online" if has_credentials(environ) else "offline"),
+        # wandb-core writes the run's .wandb log every 15 s by default; a job SIGKILLed (a node lost, OOM) loses
+        # what was not written. Every second: a killed attempt loses at most its last second in W&B, and those
+        # steps come after its checkpoint, so the retry logs them again (docs/orchestration.md#wandb-offline)
+        WANDB_FLUSH_ENV: WANDB_FLUSH_SECONDS,
     }
     if entity:
         env["WANDB_ENTITY"] = entity
@@ -290,15 +297,19 @@ def sync_experiment(exp_dir: Path | str, dry_run: bool = False, *, include_synce
 
     A trial retried after a failure has one offline directory per attempt, all with the trial's run id; they go
     to ``wandb sync`` together, which uploads them in order of start time into one run. ``dry_run`` only returns
-    the commands. Directories ``wandb sync`` marked as uploaded are left out unless ``include_synced``. Needs W&B
-    credentials unless ``dry_run``.
+    the commands. A run whose ``wandb sync`` succeeded is recorded in the experiment directory
+    (``wandb_synced.json``, :meth:`orchestrator.store.ExperimentDir.mark_synced`), and a second sync leaves it out,
+    as it leaves out directories ``wandb sync`` itself marked as uploaded, unless ``include_synced``. Needs W&B credentials unless ``dry_run``.
     """
+    from orchestrator.store import ExperimentDir
+
     exp_dir = Path(exp_dir)
     if not exp_dir.is_dir():
         raise TrackingError(f"no experiment directory {exp_dir}")
+    experiment = ExperimentDir(exp_dir)
     runs = find_offline_runs(exp_dir)
     if not include_synced:
-        runs = [r for r in runs if not any(r.glob("run-*.wandb.synced"))]
+        runs = [r for r in runs if not any(r.glob("run-*.wandb.synced")) and not experiment.is_synced(r)]
     if not dry_run and runs and not has_credentials():
         raise TrackingError("no W&B credentials: run `wandb login` or set WANDB_API_KEY, then sync again")
     by_id: dict[str, list[Path]] = {}
@@ -312,5 +323,7 @@ def sync_experiment(exp_dir: Path | str, dry_run: bool = False, *, include_synce
         if not dry_run:
             done = runner(command, capture_output=True, text=True)
             result.returncode, result.output = done.returncode, (done.stdout or "") + (done.stderr or "")
+            if done.returncode == 0:  # recorded at once: an interrupted sync keeps what it uploaded
+                experiment.mark_synced(run_dirs, run_id_, time.time())
         results.append(result)
     return results

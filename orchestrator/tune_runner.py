@@ -39,7 +39,7 @@ from orchestrator.errors import UserError
 from orchestrator.jobs import JobRun, JobStartTimeout, redacted, stop_jobs
 from orchestrator.rehearsal import drill, drill_step, quiet_resume_drills, should_drill
 from orchestrator.render import render_job, trial_checkpoint_dir
-from orchestrator.store import ExperimentDir, choose_resume, read_records, summary
+from orchestrator.store import DiskFull, ExperimentDir, check_space, choose_resume, is_disk_full, read_records, summary
 from orchestrator.verl_bridge.patches import install_driver_patches
 
 SLOT_RESOURCE = "verl_slot"
@@ -350,8 +350,7 @@ def run_experiment(plan: ExperimentPlan, exp_dir: Path, console, *, address: str
                           f"running: {orphan['processes']} processes, its jobs included", markup=False)
         install_driver_patches()  # the driver's console: Ray's worker-start warnings dropped (docs/patches.md)
         try:
-            ray.init(address=address, log_to_driver=False, logging_level="ERROR",
-                     runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}} if cluster else None)
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR")  # the private one: its token
         except ConnectionError as err:
             raise UserError(f"cannot reach the Ray cluster at {address}: {str(err).splitlines()[0]}") from None
         from orchestrator.cluster import terminate_as_interrupt
@@ -360,15 +359,66 @@ def run_experiment(plan: ExperimentPlan, exp_dir: Path, console, *, address: str
         check_slots(plan, slot_nodes(), address)
         if plan.rehearse:
             quiet_resume_drills()
+        quiet_disk_full()
         tuner = build_tuner(plan, exp_dir, poll_s=poll_s, restore=restore, renderer=renderer)
         with live:
-            grid = tuner.fit()
+            try:
+                grid = tuner.fit()
+            except Exception as err:
+                # Tune's own writes (its state, a trial's error file) met a full disk, or it read back one of
+                # its files that a full disk had cut off (an empty error pickle: EOFError)
+                full = _disk_full_in(err)
+                if full is not None:
+                    raise DiskFull(getattr(full, "filename", None) or exp_dir) from None
+                check_space(exp_dir)
+                raise
+        full = next((e for e in map(_disk_full_in, grid.errors) if e is not None), None)
+        if full is not None:  # a trial controller could not write its files: the same one line, not "1 failed"
+            raise DiskFull(getattr(full, "path", None) or getattr(full, "filename", None) or exp_dir)
+        if grid.num_errors:
+            check_space(exp_dir)  # a job that died of a full disk (verl's checkpoint, its log) says so here
         return 0 if grid.num_errors == 0 else 1
     finally:
         if ray.is_initialized():
             ray.shutdown()
         if cluster is not None:
             cluster.stop()
+
+
+class _DiskFullFilter:
+    """Drops Ray's log records about a full disk (Tune's "Trial task failed" and its syncer's, with tracebacks):
+    the command ends with one line that names the path instead (:class:`DiskFull`)."""
+
+    def filter(self, record) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if _disk_full_in(error) is not None:
+            return False
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 (a record that cannot format is not ours to drop)
+            return True
+        return "No space left on device" not in message and "DiskFull" not in message
+
+
+def quiet_disk_full() -> None:
+    """Install :class:`_DiskFullFilter` on the handlers of Ray's loggers (records of every ``ray.*`` logger)."""
+    import logging
+
+    for handler in logging.getLogger("ray").handlers:
+        if not any(isinstance(f, _DiskFullFilter) for f in handler.filters):
+            handler.addFilter(_DiskFullFilter())
+
+
+def _disk_full_in(err: BaseException | None) -> BaseException | None:
+    """The :class:`DiskFull` or ``OSError(ENOSPC)`` in an error's chain (Tune and Ray wrap a trial's error)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, DiskFull) or is_disk_full(err):
+            return err
+        cause = getattr(err, "cause", None)  # ray.exceptions.RayTaskError
+        err = cause if isinstance(cause, BaseException) else (err.__cause__ or err.__context__)
+    return None
 
 
 def check_ready(plan: ExperimentPlan, address: str | None) -> None:

@@ -88,11 +88,71 @@ def _kill_one_job_after_its_checkpoint(exp_dir, stop, killed):
         time.sleep(0.5)
 
 
+SWEEP_RAY: dict = {}  # what the local sweep's watcher saw of its private Ray cluster
+
+
+def _ray_temp_dir_of(token_path):
+    """The ``--temp-dir`` of the ``ray start`` whose environment names ``token_path`` (unique per cluster)."""
+    import re
+    from pathlib import Path
+
+    entry = f"RAY_AUTH_TOKEN_PATH={token_path}".encode()
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+            if b"--temp-dir=" not in cmdline or entry not in (proc / "environ").read_bytes().split(b"\0"):
+                continue
+        except OSError:
+            continue
+        return Path(re.search(rb"--temp-dir=(\S+)", cmdline).group(1).decode())
+    raise KeyError(token_path)
+
+
+def _watch_ray_secrets(exp_dir, stop, seen: dict) -> None:
+    """While the sweep runs: learn its private Ray cluster's token (the file its verl jobs' ``RAY_AUTH_TOKEN_PATH``
+    names) and scan the cluster's temp dir (Ray's session logs, removed when the cluster stops) for the token and
+    the W&B key. ``seen``: ``token``, ``temp_dir``, ``scanned`` (files read), ``leaks`` (files that held either)."""
+    from pathlib import Path
+
+    sizes: dict = {}
+    seen.update(token=None, temp_dir=None, scanned=set(), leaks=set())
+    while True:
+        final = stop.is_set()
+        if seen["token"] is None:
+            for trial_dir in Path(exp_dir).glob("trials/*"):
+                for pid in _verl_drivers_of(trial_dir):
+                    try:
+                        environ = dict(item.split(b"=", 1) for item in
+                                       Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in item)
+                        path = Path(environ[b"RAY_AUTH_TOKEN_PATH"].decode())
+                        seen["temp_dir"] = _ray_temp_dir_of(path)
+                        seen["token"], seen["token_path"] = path.read_text().strip(), path
+                    except (OSError, KeyError, ValueError):
+                        continue
+        if seen["token"]:
+            secrets = [seen["token"].encode(), SECRET.encode()]
+            for path in seen["temp_dir"].rglob("*"):
+                try:
+                    if not path.is_file() or sizes.get(path) == path.stat().st_size:
+                        continue
+                    data = path.read_bytes()
+                except OSError:
+                    continue
+                sizes[path] = len(data)
+                seen["scanned"].add(str(path))
+                if any(secret in data for secret in secrets):
+                    seen["leaks"].add(str(path))
+        if final:
+            return
+        stop.wait(5)
+
+
 @pytest.fixture(scope="session")
 def local_sweep(tmp_path_factory):
     """``maspo sweep alpha-beta --demo`` at its smallest size, two trials at a time, one job killed mid-run.
 
-    Returns (experiment dir, completed process, [(killed trial, its checkpoint step)]).
+    Returns (experiment dir, completed process, [(killed trial, its checkpoint step)]); ``SWEEP_RAY`` holds what
+    :func:`_watch_ray_secrets` saw of the sweep's private Ray cluster.
     """
     import os
     import subprocess
@@ -104,6 +164,9 @@ def local_sweep(tmp_path_factory):
     stop, killed = threading.Event(), []
     chaos = threading.Thread(target=_kill_one_job_after_its_checkpoint, args=(exp_dir, stop, killed), daemon=True)
     chaos.start()
+    watch_stop = threading.Event()
+    watcher = threading.Thread(target=_watch_ray_secrets, args=(exp_dir, watch_stop, SWEEP_RAY), daemon=True)
+    watcher.start()
     env = {**os.environ, "COLUMNS": "200", "WANDB_API_KEY": SECRET}
     env["WANDB_MODE"] = "offline"  # a key is present (the secret-scan test), but tests never go online
     try:
@@ -113,4 +176,6 @@ def local_sweep(tmp_path_factory):
             capture_output=True, text=True, timeout=1500, env=env, cwd=root)
     finally:
         stop.set()
+        watch_stop.set()
+        watcher.join(timeout=120)
     return exp_dir, done, killed

@@ -83,3 +83,122 @@ def test_stop_ends_the_whole_cluster_quickly():
             break
         time.sleep(0.5)
     assert not _session_alive(sid)
+
+
+def client_jobs(cluster) -> list:
+    return cluster.job_client().list_jobs()
+
+
+UNAUTHENTICATED_INIT = """
+import sys, ray
+try:
+    ray.init(address=sys.argv[1], log_to_driver=False, logging_level="ERROR")
+except Exception as err:
+    print("REFUSED", type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+    sys.exit(0)
+print("ACCEPTED", ray.cluster_resources())
+sys.exit(1)
+"""
+
+JOB_ENTRYPOINT = f"{sys.executable} -c \"import os, ray; ray.init(); print('JOB-OK', ray.cluster_resources()['CPU']); " \
+                 "print(sorted(os.environ.items()))\""
+
+
+@pytest.mark.slow
+def test_the_private_cluster_refuses_clients_without_its_token(tmp_path):
+    """Token auth stays on: a random token per cluster in a 0600 file, clients given its path (never the token),
+    jobs run, and a local user without the token can neither submit a job nor connect a driver."""
+    import os
+    import stat
+
+    import requests
+    from ray.job_submission import JobStatus
+
+    from orchestrator.cluster import LocalRayCluster
+
+    cluster = LocalRayCluster(num_cpus=2, num_gpus=0, log_dir=tmp_path)
+    try:
+        cluster.start()
+        token = cluster.token_path.read_text().strip()
+        assert len(token) == 64 and stat.S_IMODE(cluster.token_path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(cluster.token_path.parent.stat().st_mode) == 0o700
+        assert cluster.token_path.parent != cluster.temp_dir and cluster.token_path.parent.parent == Path("/tmp")
+        assert os.environ["RAY_AUTH_TOKEN_PATH"] == str(cluster.token_path)  # this process is its client
+        # the job API: refused without the token (401) or with a wrong one (403)
+        jobs = f"{cluster.dashboard_url}/api/jobs/"
+        assert requests.get(jobs, timeout=30).status_code == 401
+        assert requests.get(jobs, timeout=30, headers={"Authorization": "Bearer " + "0" * 64}).status_code == 403
+        assert requests.get(jobs, timeout=30, headers=cluster.auth_headers()).status_code == 200
+        # Ray's own job client, as another local user would run it (no token in its env or home): refused
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+        out = subprocess.run([sys.executable, "-c", "import sys; from ray.job_submission import "
+                              "JobSubmissionClient as C; print('SUBMITTED', C(sys.argv[1]).submit_job(entrypoint='id'))",
+                              cluster.dashboard_url], env={**env, "HOME": str(tmp_path)},
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode != 0 and "SUBMITTED" not in out.stdout, out.stdout
+        assert client_jobs(cluster) == []
+        # a driver without the token is refused by the GCS
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+        out = subprocess.run([sys.executable, "-c", UNAUTHENTICATED_INIT, cluster.address],
+                             env={**env, "HOME": str(tmp_path), "RAY_AUTH_MODE": "token"},
+                             capture_output=True, text=True, timeout=300)
+        assert "REFUSED" in out.stdout and out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        # with it, a job runs and its own ray.init connects; its environment holds the path, not the token
+        client = cluster.job_client()
+        job = client.submit_job(entrypoint=JOB_ENTRYPOINT)
+        deadline = time.monotonic() + 300
+        while not client.get_job_status(job).is_terminal():
+            assert time.monotonic() < deadline, "the job did not end in 300 s"
+            time.sleep(0.5)
+        logs = client.get_job_logs(job)
+        assert client.get_job_status(job) == JobStatus.SUCCEEDED and "JOB-OK" in logs, logs[-2000:]
+        assert str(cluster.token_path) in logs and token not in logs
+        assert token not in (tmp_path / "ray-start.log").read_text()
+        session_logs = [p for p in cluster.temp_dir.rglob("*") if p.is_file()]
+        assert session_logs and not [p for p in session_logs if token.encode() in p.read_bytes()]
+    finally:
+        cluster.stop()
+    assert os.environ.get("RAY_AUTH_TOKEN_PATH") != str(cluster.token_path)  # the client env is restored
+    assert not cluster.token_path.parent.exists()
+
+
+def test_a_cluster_token_is_private_random_and_reaches_rays_clients_by_path(monkeypatch):
+    """Without starting Ray: the token file and its directory are the user's alone, the cluster's processes get its
+    path (not the token, and not a user's own RAY_AUTH_TOKEN), and Ray's HTTP client in this process sends it."""
+    import os
+    import shutil
+    import stat
+
+    from ray._private.authentication.http_token_authentication import get_auth_headers_if_auth_enabled
+
+    from orchestrator.cluster import LocalRayCluster
+
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "a-users-own-token-for-another-cluster")
+    clusters = [LocalRayCluster(num_cpus=1, num_gpus=0) for _ in range(2)]
+    try:
+        for cluster in clusters:
+            cluster._write_token()
+        tokens = [c.token_path.read_text() for c in clusters]
+        assert tokens[0] != tokens[1] and all(len(t) == 64 and int(t, 16) for t in tokens)
+        for cluster in clusters:
+            assert stat.S_IMODE(cluster.token_path.stat().st_mode) == 0o600
+            assert stat.S_IMODE(cluster.auth_dir.stat().st_mode) == 0o700
+            assert cluster.env["RAY_AUTH_MODE"] == "token" and cluster.env["RAY_AUTH_TOKEN_PATH"] == str(cluster.token_path)
+            assert "RAY_AUTH_TOKEN" not in cluster.env and not any(t in v for v in cluster.env.values() for t in tokens)
+        first = clusters[0]
+        first._use_as_client()
+        assert "RAY_AUTH_TOKEN" not in os.environ
+        sent = get_auth_headers_if_auth_enabled({})
+        assert {k.lower(): v for k, v in sent.items()} == {"authorization": f"Bearer {tokens[0]}"}
+        assert first.auth_headers() == {"Authorization": f"Bearer {tokens[0]}"}
+        first._restore_client_env()
+        assert os.environ["RAY_AUTH_TOKEN"] == "a-users-own-token-for-another-cluster"
+        assert "RAY_AUTH_TOKEN_PATH" not in os.environ or os.environ["RAY_AUTH_TOKEN_PATH"] != str(first.token_path)
+    finally:
+        for cluster in clusters:
+            shutil.rmtree(cluster.auth_dir, ignore_errors=True)
+            shutil.rmtree(cluster.temp_dir, ignore_errors=True)
+        from orchestrator.cluster import _reload_ray_auth
+
+        monkeypatch.undo()
+        _reload_ray_auth()

@@ -94,10 +94,22 @@ def test_results_table_reads_what_the_trials_reported(local_sweep):
     assert "A = Avg@4, P = Pass@4 (%), unbiased" in text and "MATH500" in text  # local: no paper rows, unbiased
 
 
-def test_no_wandb_key_in_any_file_the_project_wrote(local_sweep):
+def test_no_wandb_key_or_ray_token_in_any_file_the_experiment_wrote(local_sweep):
+    """The W&B key (in the driver's environment) and the private cluster's Ray token are in no file of the
+    experiment (job logs, verl's and Ray's logs under it, Tune's state, the W&B offline runs) nor in Ray's session
+    logs (the cluster's temp dir, scanned while it ran), nor in the command's output."""
+    from tests.conftest import SWEEP_RAY as ray
+
     exp_dir, done, _ = local_sweep
-    secret = SECRET
-    assert secret not in done.stdout + done.stderr
-    for path in exp_dir.rglob("*"):
-        if path.is_file():
-            assert secret.encode() not in path.read_bytes(), path
+    token = ray["token"]
+    assert token and len(token) == 64, "the scan never found the cluster's token: it would prove nothing"
+    assert len(ray["scanned"]) > 20 and any("/logs/" in p for p in ray["scanned"])  # Ray's session logs were read
+    assert ray["leaks"] == set()
+    for secret in (SECRET, token):
+        assert secret not in done.stdout + done.stderr
+    files = [p for p in exp_dir.rglob("*") if p.is_file()]
+    assert any(p.name == "job.log" for p in files) and any(p.suffix == ".wandb" for p in files)
+    assert any(p.name == "ray-start.log" for p in files)
+    leaked = [str(p) for p in files if SECRET.encode() in p.read_bytes() or token.encode() in p.read_bytes()]
+    assert leaked == []
+    assert not ray["temp_dir"].exists() and not ray["token_path"].exists()  # gone with the cluster

@@ -50,7 +50,8 @@ def test_wandb_env_identity_and_offline_without_credentials(monkeypatch, tmp_pat
                              algorithm="maspo", seed=1, tags=["sweep", "a,b"], run_id="alpha-beta-abc")
     assert env == {"WANDB_PROJECT": "p", "WANDB_RUN_GROUP": "alpha-beta", "WANDB_JOB_TYPE": "maspo",
                    "WANDB_TAGS": "maspo,seed1,sweep,a b", "WANDB_NAME": "maspo-a0.3-s1",
-                   "WANDB_RUN_ID": "alpha-beta-abc", "WANDB_RESUME": "allow", "WANDB_MODE": "offline"}
+                   "WANDB_RUN_ID": "alpha-beta-abc", "WANDB_RESUME": "allow", "WANDB_MODE": "offline",
+                   "WANDB__TRANSACTION_LOG_FLUSH_INTERVAL": "1"}
     assert tracking.wandb_env(project="p", entity="team", experiment="e", trial_name="t", algorithm="grpo",
                               seed=0, run_id="e-1")["WANDB_ENTITY"] == "team"
 
@@ -570,3 +571,127 @@ def test_local_page_of_the_real_trial(real_trial, tmp_path):
     image = screenshot(path, tmp_path / "real.png")
     # two settings, two colours: both groups' lines are drawn
     assert colour_pixels(image, PALETTE[0]) > 500 and colour_pixels(image, PALETTE[1]) > 500
+
+
+FAKE_WANDB = """#!/bin/sh
+# a stand-in for the `wandb` CLI at the process boundary: records each `wandb sync` call; no network, no marker
+echo "$*" >> "{calls}"
+for arg in "$@"; do case "$arg" in *{fail}*) echo "wandb: ERROR network is unreachable" >&2; exit 1;; esac; done
+echo "Syncing: done"
+"""
+
+
+def test_sync_twice_uploads_each_run_once_and_retries_only_what_failed(tmp_path, monkeypatch):
+    """`maspo sync NAME` twice: the second uploads nothing. The fake `wandb` leaves no `.synced` marker (as an
+    interrupted real one would not), so what leaves a run out is the record in the experiment directory."""
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+    from orchestrator.store import SYNCED_FILE, ExperimentDir
+
+    clean_env(monkeypatch, tmp_path)
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    exp = tmp_path / "runs" / "exp"
+    a1 = fake_offline_run(exp / "trials" / "a", "20260101_000000", "exp-a")
+    a2 = fake_offline_run(exp / "trials" / "a", "20260102_000000", "exp-a")  # the retry of trial a
+    b = fake_offline_run(exp / "trials" / "b", "20260101_100000", "exp-b")
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "wandb"
+    fake.write_text(FAKE_WANDB.format(calls=calls, fail="exp-b"))
+    fake.chmod(0o755)
+    monkeypatch.setattr(tracking, "wandb_cli", lambda: [str(fake)])
+    runs_root = ["--runs-root", str(tmp_path / "runs")]
+
+    def sync():
+        out = CliRunner().invoke(app, ["sync", "exp", *runs_root])
+        sent = calls.read_text().splitlines() if calls.exists() else []
+        calls.unlink(missing_ok=True)
+        return out, sent
+
+    out, sent = sync()  # b fails (network down): a is uploaded and recorded, b is not
+    assert out.exit_code == 1 and "failed exp-b" in " ".join(out.output.split())
+    assert sent == [f"sync --yes {a1} {a2}", f"sync --yes {b}"]
+    assert set(ExperimentDir(exp).synced()) == {str(a1.relative_to(exp)), str(a2.relative_to(exp))}
+    fake.write_text(FAKE_WANDB.format(calls=calls, fail="nothing-fails-now"))
+    out, sent = sync()  # network back: only b
+    assert out.exit_code == 0 and sent == [f"sync --yes {b}"]
+    out, sent = sync()  # everything uploaded once: nothing is sent
+    assert out.exit_code == 0 and sent == [] and "nothing to upload" in out.output
+    records = json.loads((exp / SYNCED_FILE).read_text())
+    assert {r["run_id"] for r in records.values()} == {"exp-a", "exp-b"} and len(records) == 3
+    out = CliRunner().invoke(app, ["sync", "exp", "--include-synced", *runs_root])  # asked for: all again
+    assert out.exit_code == 0 and len(calls.read_text().splitlines()) == 2
+
+
+# --------------------------------------------------------------------------------------------------------
+# W&B without network: no metric lost, even when an attempt dies mid-run
+
+ATTEMPT_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    from orchestrator.verl_bridge import wandb_hooks
+    wandb_hooks.install()
+    from verl.utils.tracking import Tracking
+    first, last, die_after = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    tracker = Tracking(project_name="p", experiment_name="n", default_backend=["file", "wandb"], config={})
+    checkpoint, log_dir = int(sys.argv[4]), sys.argv[5]
+    for step in range(first, last + 1):
+        data = {f"actor/k{i}": step + i / 100 for i in range(12)}
+        data["val-core/average/acc/mean@4"] = step / 100
+        tracker.log(data, step=step)
+        if step == checkpoint + 1:
+            # step c+1 is logged, so W&B has closed step c's row; a real step takes minutes: wait (120 s at most)
+            # until wandb-core wrote step c to the .wandb file, as it does every WANDB__TRANSACTION_LOG_FLUSH_INTERVAL
+            import glob, time
+            from orchestrator.tracking import read_offline_run
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                [path] = glob.glob(os.path.join(log_dir, "wandb", "offline-run-*", "run-*.wandb"))
+                if checkpoint in {row.get("_step") for row in read_offline_run(path).history}:
+                    break
+                time.sleep(0.2)
+        if step == die_after:
+            os.kill(os.getpid(), signal.SIGKILL)  # the job dies: no finish, no flush
+    tracker.finish()
+""")
+
+
+def test_offline_wandb_keeps_every_metric_of_a_trial_whose_attempt_was_killed(tmp_path, monkeypatch):
+    """W&B offline (no network), verl's own Tracking, the trial's W&B env: attempt 1 is SIGKILLed after step 12,
+    attempt 2 resumes from the checkpoint at step 10 under the same run id. Every record of the trial's stream is
+    in the offline runs that `maspo sync` uploads together, with its value: what the killed attempt had not written
+    (the steps after its checkpoint) the retry logs again.
+
+    With wandb's default (the .wandb file written every 15 s) attempt 1's file held no step at all: a run killed
+    within 15 s of logging a checkpointed step lost it in W&B. The trial env makes that one second."""
+    from orchestrator.config.trial import trial_config
+    from orchestrator.store import MetricStream, read_records
+
+    clean_env(monkeypatch, tmp_path)
+    trial = trial_config("maspo", {"alpha": 0.3}, seed=0)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(tracking.trial_wandb_env(trial, experiment="offline", trial_name="t", project="p"))
+    env.update({"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"})
+    assert env["WANDB__TRANSACTION_LOG_FLUSH_INTERVAL"] == "1"
+    stream = MetricStream(tmp_path / "metrics.jsonl")
+    for attempt, (first, last, die_after) in enumerate([(0, 20, 12), (10, 20, -1)], start=1):
+        log = tmp_path / f"attempt{attempt}.jsonl"
+        out = subprocess.run([sys.executable, "-c", ATTEMPT_SCRIPT, str(first), str(last), str(die_after),
+                              "10" if die_after >= 0 else "-10", str(tmp_path)],
+                             cwd=tmp_path, env={**env, "VERL_FILE_LOGGER_PATH": str(log)},
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == (-9 if die_after >= 0 else 0), out.stderr[-3000:]
+        stream.truncate_after(first)  # as the controller does before an attempt that resumes from `first`
+        for record in read_records(log):
+            stream.accept(record)
+    expected = {(r["step"], k): v for r in read_records(tmp_path / "metrics.jsonl") for k, v in r["data"].items()}
+    assert {s for s, _ in expected} == set(range(21))
+    runs = [tracking.read_offline_run(d) for d in tracking.find_offline_runs(tmp_path)]
+    assert len(runs) == 2 and {r.run_id for r in runs} == {env["WANDB_RUN_ID"]}
+    in_wandb = {(row["_step"], k): v for run in runs for row in run.history for k, v in row.items()
+                if not k.startswith("_") and k != "training/global_step"}
+    missing = sorted({s for (s, k) in expected if (s, k) not in in_wandb})
+    assert missing == [], f"steps with metrics missing from the offline runs: {missing}"
+    assert all(in_wandb[key] == value for key, value in expected.items())
+    killed_steps = sorted({row["_step"] for row in runs[0].history})
+    print(f"\nFIGURES wandb-offline: attempt 1 killed after step 12 kept steps {killed_steps[0]}..{killed_steps[-1]} "
+          f"in its .wandb; attempt 2 logged 10..20; stream steps 0..20, none missing from W&B")

@@ -46,11 +46,14 @@ def fail(message: object, code: int = 2) -> NoReturn:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """A user's mistake ends the command with one clear line and exit code 2, never a traceback."""
+    """A user's mistake ends the command with one clear line and exit code 2, never a traceback.
+
+    An error the user must fix but did not cause (``orchestrator.store.DiskFull``) carries its own ``exit_code``.
+    """
     try:
         yield
     except UserError as err:
-        fail(err)
+        fail(err, getattr(err, "exit_code", 2))
 
 
 def handles_user_errors(command: F) -> F:
