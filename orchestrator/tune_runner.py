@@ -244,9 +244,15 @@ def build_tuner(plan: ExperimentPlan, exp_dir: Path, callbacks=(), poll_s: float
 
     nodes_of = {t.name: plan.nodes_of(t) for t in plan.trials}
     trainable = tune.with_resources(trial_controller, TrialResources(nodes_of))
+    trials = start_order(plan)
     if restore:
-        return tune.Tuner.restore(str((exp_dir / "tune").resolve()), trainable=trainable, resume_unfinished=True,
-                                  resume_errored=True)
+        tune_dir = (exp_dir / "tune").resolve()
+        try:
+            _check_tune_state(tune_dir)
+            return tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_unfinished=True,
+                                      resume_errored=True)
+        except Exception as err:  # noqa: BLE001 (Tune's own state is unreadable: rebuilt from ours below)
+            trials = _rebuild_from_store(plan, exp_dir, tune_dir, err)
     scheduler = None
     if plan.scheduler == "asha":
         scheduler = tune.schedulers.ASHAScheduler(
@@ -255,7 +261,7 @@ def build_tuner(plan: ExperimentPlan, exp_dir: Path, callbacks=(), poll_s: float
             stop_last_trials=False)  # a trial at its last validation ends with its job, not stopped by ASHA
     param_space = {
         "experiment_dir": str(exp_dir.resolve()),
-        "trial": tune.grid_search([t.name for t in start_order(plan)]),
+        "trial": tune.grid_search([t.name for t in trials]),
         "poll_s": poll_s,
         "renderer": renderer,
     }
@@ -272,6 +278,47 @@ def build_tuner(plan: ExperimentPlan, exp_dir: Path, callbacks=(), poll_s: float
             log_to_file=True,
         ),
     )
+
+
+def _check_tune_state(tune_dir: Path) -> None:
+    """Raise if the state ``Tuner.restore`` and ``fit`` will read is torn: the newest experiment state and the
+    newest search-algorithm state (the ones Tune picks) must be whole JSON. Tune writes them in place, so a full
+    disk or a crash mid-write leaves them cut off, and Tune then fails inside ``fit`` (JSONDecodeError, or a trial
+    restored without its config: KeyError)."""
+    import json
+
+    for pattern in ("experiment_state-*.json", "basic-variant-state-*.json"):
+        found = sorted(tune_dir.glob(pattern))
+        if not found:
+            if pattern.startswith("experiment_state"):
+                raise FileNotFoundError(f"no {pattern} in {tune_dir}")
+            continue
+        try:
+            json.loads(found[-1].read_text())
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{found[-1].name} is not whole JSON ({err})") from None
+
+
+def _rebuild_from_store(plan: ExperimentPlan, exp_dir: Path, tune_dir: Path, err: BaseException) -> list:
+    """Tune's experiment state could not be restored (a full disk or a crash tore it: Tune writes it in place). Our
+    own files hold what a restore needs (each trial's status, stream and checkpoints; docs/orchestration.md#disk-full),
+    so a fresh Tune experiment runs the trials that have not succeeded, in the start order; each controller resumes
+    its trial from its newest complete checkpoint as on any retry. Tune's unreadable state is kept aside."""
+    from orchestrator.schedule import start_order
+
+    aside = tune_dir.with_name(f"tune.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+    if tune_dir.exists():
+        tune_dir.rename(aside)
+    experiment = ExperimentDir(exp_dir)
+    todo = [t for t in start_order(plan) if experiment.trial(t.name).status().get("state") != "succeeded"]
+    reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    print(f"maspo: warning: Tune's saved state of {plan.name} is unreadable ({reason[:200]}); it is kept in {aside} "
+          f"and the {len(todo)} unfinished trial(s) resume from their own checkpoints in a fresh Tune experiment"
+          + (" (ASHA's decisions so far are not kept)" if plan.scheduler == "asha" else ""),
+          file=sys.stderr, flush=True)
+    if not todo:
+        raise UserError(f"every trial of {plan.name} has succeeded: nothing to resume") from None
+    return todo
 
 
 def slots_available() -> int:
