@@ -46,6 +46,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from orchestrator.errors import UserError
+
 MARKER = "MASPO_LOCAL_RAY"  # in the environment of every process of a private local cluster: its temp dir
 
 
@@ -95,6 +97,13 @@ def free_ports(n: int) -> list[int]:
     for s in sockets:
         s.close()
     return ports
+
+
+class LocalRayStartFailed(UserError):
+    """``ray start`` of the private cluster failed (its log says why; a machine too loaded for Ray's fixed
+    start-up limits is the usual cause). Not the user's mistake: one line naming the log, exit code 1."""
+
+    exit_code = 1
 
 
 class LocalRayCluster:
@@ -189,9 +198,9 @@ class LocalRayCluster:
             try:
                 self._wait_for_job_agent()
                 return self
-            except RuntimeError:
+            except (RuntimeError, TimeoutError) as err:
                 if start == self.STARTS or "timed out during startup" not in self.log_path.read_text(errors="replace"):
-                    raise
+                    raise LocalRayStartFailed(f"the private local Ray cluster did not start: {err}") from None
             try:  # what is left of the failed start, then again on fresh ports
                 os.killpg(self.process.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):

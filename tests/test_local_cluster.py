@@ -202,3 +202,21 @@ def test_a_cluster_token_is_private_random_and_reaches_rays_clients_by_path(monk
 
         monkeypatch.undo()
         _reload_ray_auth()
+
+
+def test_a_private_cluster_that_does_not_start_is_one_line_naming_its_log(tmp_path, monkeypatch):
+    """``ray start`` failing (a machine too loaded for Ray's fixed start-up limits, a broken install) ends the
+    command with one line that names the log and exit code 1, not a traceback; nothing of the try is left."""
+    from orchestrator.cluster import LocalRayCluster, LocalRayStartFailed
+
+    cluster = LocalRayCluster(num_cpus=1, num_gpus=0, log_dir=tmp_path)
+    monkeypatch.setattr(cluster, "_command", lambda: [sys.executable, "-c", "print('boom'); raise SystemExit(3)"])
+    try:
+        with pytest.raises(LocalRayStartFailed) as failed:
+            cluster.start()
+    finally:
+        cluster.stop()
+    message = str(failed.value)
+    assert "\n" not in message and "exited with 3" in message and str(tmp_path / "ray-start.log") in message
+    assert failed.value.exit_code == 1 and "boom" in (tmp_path / "ray-start.log").read_text()
+    assert not cluster.auth_dir.exists() and not cluster.temp_dir.exists()
