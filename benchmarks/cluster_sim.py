@@ -82,6 +82,12 @@ def start_cluster(nodes: int, reserve_per_trial: float, log) -> tuple[object, di
 
     from orchestrator.cluster import free_ports
 
+    from ray._private.utils import get_ray_address_file
+
+    # Ray points every later address-less ray.init() on this machine at the newest head: put back what was there,
+    # so that no other process's driver lands on this cluster and takes its fake GPUs
+    address_file = Path(get_ray_address_file(None))
+    previous = address_file.read_text() if address_file.is_file() else None
     dashboard, agent = free_ports(2)
     before = tree_pss()
     t0 = time.monotonic()
@@ -89,6 +95,10 @@ def start_cluster(nodes: int, reserve_per_trial: float, log) -> tuple[object, di
         "num_cpus": 4, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dashboard,
         "dashboard_agent_listen_port": agent})
     cluster.wait_for_nodes()
+    if previous is not None:
+        address_file.write_text(previous)
+    else:
+        address_file.unlink(missing_ok=True)
     time.sleep(5)
     head_bytes = tree_pss() - before
     added, nodes_from = 0, tree_pss()
@@ -170,11 +180,15 @@ def measure(plan, exp_dir: Path, nodes: int, t0_mono: float, wall: float, code: 
     spans = []  # (trial, nodes, start, end, planned seconds, attempts)
     stopped = 0
     for t in plan.trials:
+        if not (exp_dir / "trials" / t.name / "status.json").is_file():
+            continue  # never started (an interrupted run)
         status = json.loads((exp_dir / "trials" / t.name / "status.json").read_text())
         ledgers = sorted((exp_dir / "trials" / t.name / "attempts").glob("*/ledger.json"))
         if not ledgers:  # stopped early (ASHA): the job ran, but the stand-in never wrote its ledger
             attempt = status["attempts"][-1]
             start, end = attempt["started"], attempt["ended"]
+            if start is None or end is None:
+                continue  # still running when the benchmark was interrupted
             mono = time.monotonic() - time.time()  # wall clock -> monotonic, approximately
             spans.append((t.name, t.nodes, start + mono - t0_mono, end + mono - t0_mono, None, status["state"]))
             stopped += 1

@@ -22,15 +22,33 @@ class SlotAdmission(BasicVariantGenerator):
     ``max_concurrent`` (0: none) caps the live trials as Tune's own generator does. After ``Tuner.restore`` the
     count continues from the saved state; a trial restarted by ``resume_errored`` is not counted, which at worst
     lets Ray's queue order a few requests (the slots still bound what runs).
+
+    Starting is staggered too: at most ``starting_at_once`` handed-out trials may still be PENDING in Tune (their
+    controller not yet running; one that has waited ``STARTING_TIMEOUT_S`` no longer counts). Handed out all at
+    once, the first cluster-full of trials start in whatever order Ray places their groups and starts their
+    controllers and jobs; staggered, the widest and longest are the first to hold their nodes, and the job API on
+    the head is not asked for thirty jobs in the same second.
     """
 
-    def __init__(self, nodes_of: dict[str, int], max_concurrent: int = 0, capacity: int | None = None):
+    STARTING_TIMEOUT_S = 120.0
+
+    def __init__(self, nodes_of: dict[str, int], max_concurrent: int = 0, capacity: int | None = None,
+                 starting_at_once: int = 4):
         super().__init__(max_concurrent=max_concurrent)
         self._nodes_of = dict(nodes_of)
         self._capacity = capacity  # None: the cluster's verl_slot total, read when needed
         self._held = None  # the next trial, created but not handed to Tune yet
         self._taken: dict[str, int] = {}  # live trial id -> slots
         self._capacity_read = (0.0, 0)
+        self._starting_at_once = starting_at_once
+        self._starting: dict[str, tuple[object, float]] = {}  # trial id -> (trial, handed out at); not saved
+
+    def _still_starting(self) -> int:
+        now = time.monotonic()
+        for trial_id, (trial, since) in list(self._starting.items()):
+            if getattr(trial, "status", None) != "PENDING" or now - since > self.STARTING_TIMEOUT_S:
+                del self._starting[trial_id]
+        return len(self._starting)
 
     def slots(self) -> int:
         if self._capacity is not None:
@@ -44,6 +62,8 @@ class SlotAdmission(BasicVariantGenerator):
         return value
 
     def next_trial(self):
+        if self._starting_at_once and self._still_starting() >= self._starting_at_once:
+            return None
         trial = self._held if self._held is not None else super().next_trial()
         if trial is None:
             return None
@@ -53,6 +73,7 @@ class SlotAdmission(BasicVariantGenerator):
             return None
         self._held = None
         self._taken[trial.trial_id] = need
+        self._starting[trial.trial_id] = (trial, time.monotonic())
         return trial
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
@@ -63,4 +84,9 @@ class SlotAdmission(BasicVariantGenerator):
         state = super().get_state()
         if state:
             state["_capacity_read"] = (0.0, 0)
+            state["_starting"] = {}  # this session's Trial objects; a restored experiment starts its own count
         return state
+
+    def set_state(self, state):
+        super().set_state(state)
+        self._starting = {}
