@@ -236,7 +236,7 @@ def measure(plan, exp_dir: Path, nodes: int, t0_mono: float, wall: float, code: 
     return result
 
 
-def plot(results: list[dict], path: Path) -> None:
+def plot(results: list[dict], path: Path, seconds_per_hour: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -257,7 +257,7 @@ def plot(results: list[dict], path: Path) -> None:
         ax.set_title(f"{r['experiment']}: {r['trials']} trials on {r['nodes']} nodes, utilization "
                      f"{r['utilization']:.0%}, makespan/lower bound {r['ratio']}", fontsize=8)
         ax.tick_params(labelsize=7)
-    axes[-1, 0].set_xlabel(f"seconds (1 s = {1 / SECONDS_PER_HOUR:g} simulated hours)", fontsize=8)
+    axes[-1, 0].set_xlabel(f"seconds (1 s = {1 / seconds_per_hour:g} simulated hours)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -363,7 +363,7 @@ def main() -> int:
     (args.out / f"cluster_sim-{stamp}.json").write_text(json.dumps(summary, indent=1))
     fifo = [r for r in results if r["experiment"].startswith("paper")]
     if fifo:
-        plot(fifo, args.out / "utilization.png")
+        plot(fifo, args.out / "utilization.png", args.seconds_per_hour)
     print_table(results, log)
     last = fifo[-1] if fifo else results[-1]
     log(f"makespan/lower_bound = {last['ratio']:.2f}")
