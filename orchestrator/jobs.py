@@ -148,7 +148,9 @@ def stop_jobs(client, metadata: dict[str, str], wait_s: float = 0.0, poll_s: flo
     deadline = time.monotonic() + wait_s
     running = list(stopped) if wait_s > 0 else []
     while running:
-        running = [s for s in running if str(client.get_job_status(s).value) not in TERMINAL]
+        # a stopped job still PENDING never runs its entrypoint (Ray ends it before, if it ever starts), so it
+        # cannot write the trial's checkpoints: only a started one is waited for (docs/orchestration.md#job-start-timeout)
+        running = [s for s in running if str(client.get_job_status(s).value) not in (*TERMINAL, "PENDING")]
         if running and time.monotonic() > deadline:
             raise TimeoutError(f"job(s) {', '.join(running)} did not end within {wait_s:.0f} s of being stopped")
         if running:

@@ -203,3 +203,32 @@ def test_the_plans_start_timeout_is_typed_and_defaults_to_rays():
     assert ExperimentPlan(**base).job_start_timeout_s == 900
     with pytest.raises(ValidationError):
         ExperimentPlan(**base, job_start_timeout_s=0)
+
+
+def test_stopping_a_trials_old_jobs_waits_for_started_ones_only():
+    """A retry stops its trial's old jobs and waits until they end before it touches the checkpoints. A job that
+    never started (stuck PENDING) stays PENDING after ``stop_job`` (Ray ends it before its entrypoint, if it ever
+    starts), so waiting for it would hang every retry of a job-start timeout; a started job is waited for."""
+    from types import SimpleNamespace
+
+    from orchestrator.jobs import stop_jobs
+
+    class Client:
+        def __init__(self, statuses):
+            self.statuses, self.stopped = dict(statuses), []
+
+        def list_jobs(self):
+            return [SimpleNamespace(submission_id=s, status=SimpleNamespace(value=v), metadata={"maspo_trial": "t"})
+                    for s, v in self.statuses.items()]
+
+        def stop_job(self, submission_id):
+            self.stopped.append(submission_id)
+
+        def get_job_status(self, submission_id):
+            return SimpleNamespace(value=self.statuses[submission_id])
+
+    pending = Client({"t-a1": "PENDING", "t-a0": "FAILED"})
+    assert stop_jobs(pending, {"maspo_trial": "t"}, wait_s=0.2, poll_s=0.01) == ["t-a1"] and pending.stopped == ["t-a1"]
+    running = Client({"t-a1": "RUNNING"})
+    with pytest.raises(TimeoutError, match="t-a1"):
+        stop_jobs(running, {"maspo_trial": "t"}, wait_s=0.2, poll_s=0.01)
