@@ -139,7 +139,7 @@ def test_sigkill_of_the_driver_then_resume_stops_the_orphans_and_keeps_every_ste
     print("driver SIGKILL figures:", json.dumps(figures))
 
 
-def test_sigkill_of_the_driver_on_an_existing_cluster_then_resume_stops_the_old_jobs_first(tmp_path):
+def test_sigkill_of_the_driver_on_an_existing_cluster_then_resume_stops_the_old_jobs_first(tmp_path, monkeypatch):
     """``--address``: the cluster outlives the driver, and so do the trials' jobs. The restored controllers stop
     their trial's previous job and wait until it ended before they read the checkpoint or submit a new job."""
     from ray.cluster_utils import Cluster
@@ -158,6 +158,10 @@ def test_sigkill_of_the_driver_on_an_existing_cluster_then_resume_stops_the_old_
                                                       "STANDIN_EXCLUSIVE": 1, "STANDIN_GPU_WAIT_S": 300}))
     streams = {n: exp_dir / "trials" / n / "metrics.jsonl" for n in names}
     dashboard, agent = free_ports(2)
+    # the nodes' workers (the trial controllers) import the stand-in renderer from this checkout: verl and
+    # transferqueue install a top-level `tests` package of their own into site-packages, which would win
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
+                                                                    os.environ.get("PYTHONPATH")])))
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 4, "num_gpus": 2, "resources": {"verl_slot": 2}, "include_dashboard": True,
         "dashboard_host": "127.0.0.1", "dashboard_port": dashboard, "dashboard_agent_listen_port": agent})
