@@ -626,6 +626,7 @@ class ExperimentLock:
         self.path = directory / LOCK_FILE
         self._fd: int | None = None
         self._created_dir = False
+        self._created_top = directory
 
     def holder(self) -> dict:
         holder = read_json(self.path, {})
@@ -641,6 +642,10 @@ class ExperimentLock:
 
     def acquire(self) -> ExperimentLock:
         self._created_dir = not self.directory.exists()
+        # the outermost directory this command creates (a new runs root too): removed again if nothing is written
+        self._created_top = self.directory
+        while not self._created_top.parent.exists():
+            self._created_top = self._created_top.parent
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -687,6 +692,10 @@ class ExperimentLock:
                 if [p.name for p in self.directory.iterdir()] == [LOCK_FILE]:
                     self.path.unlink()
                     self.directory.rmdir()
+                    parent = self.directory
+                    while parent != self._created_top and not any(parent.parent.iterdir()):
+                        parent = parent.parent
+                        parent.rmdir()
             except OSError:
                 pass
 
