@@ -91,7 +91,7 @@ def test_a_bad_choice_or_number_is_clicks_usage_error_exit_2(args, message, tmp_
 @pytest.mark.parametrize("args, message", [
     (["sweep", "nosuchspec", "--dry-run"], "no spec 'nosuchspec'"),
     (["sweep", "compare", "--dry-run"], "is a compare spec; use `maspo compare`"),
-    (["compare", "-P", "train_batch_size=6", "--dry-run"], "must be a multiple of ppo_mini_batch_size"),
+    (["compare", "-P", "train_batch_size=5", "--dry-run"], "must be a multiple of ppo_mini_batch_size"),
     (["compare", "-P", "bogus=1", "--dry-run"], "profile.bogus"),
     (["compare", "--profile", "a100"], "the a100 profile runs on a Ray cluster"),
     (["compare", "--profile", "a100", "--address", "127.0.0.1:1", "-P", "data_dir=/nonexistent"],

@@ -23,11 +23,11 @@ class LocalProfile(BaseModel):
     steps: int = Field(8, ge=1, le=10_000, description="training steps")
     test_freq: int = Field(4, ge=1, description="validate every N steps (and before training and at the end)")
     train_batch_size: int = Field(32, ge=1, description="prompts per step")
-    ppo_mini_batch_size: int = Field(8, ge=1, description="prompts per policy update (off-policy updates per step)")
+    ppo_mini_batch_size: int = Field(2, ge=1, description="prompts per policy update (off-policy updates per step)")
     n_samples: int = Field(8, ge=2, description="responses per prompt, G")
     val_n: int = Field(8, ge=1, description="samples per validation problem, k of Avg@k / Pass@k")
     n_val_problems: int = Field(12, ge=1, description="problems per validation set")
-    max_response_length: int = Field(16, ge=4)
+    max_response_length: int = Field(48, ge=4)
     lr: float = Field(2e-4, gt=0, description="actor learning rate (constant, AdamW)")
     model_path: Path | None = Field(None, description="a model directory to use instead of the warm start")
 

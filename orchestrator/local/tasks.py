@@ -1,11 +1,21 @@
 """A synthetic verifiable-math task family for the local profile, written as verl parquet files.
 
-Problems are integer arithmetic prompts ("37+48=") whose answer the model must give as ``\\boxed{85}``.
-Difficulty is graded in six levels, one validation set per level, named after the paper's six benchmarks in
-order of their difficulty for the paper's models (MATH-500 easiest, AIME 2025 hardest), so the local profile
-produces the same metric keys, tables and dashboards as the cluster (``val-core/<data_source>/acc/mean@k``).
-The training set mixes every level. Generation is deterministic for a seed; validation problems of the
-levels with many problems (5, 6) never appear in the training set.
+Problems are chains of one-digit additions and subtractions, evaluated left to right ("7+8-3+6="). The
+warm start teaches a short worked solution, one partial result per line, then the answer in ``\\boxed{}``::
+
+    7+8=15
+    15-3=12
+    12+6=18
+    \\boxed{18}
+
+so a response is tens of tokens (16-44 with the byte-level tokenizer), a small chain of thought whose
+intermediate tokens a policy can get wrong, as in the paper's long reasoning (docs/local-profile.md). Only the
+boxed answer is rewarded. Difficulty is graded in six levels (one to four operations), one validation set per
+level, named after the paper's six benchmarks in order of their difficulty for the paper's models (MATH-500
+easiest, AIME 2025 hardest), so the local profile produces the same metric keys, tables and dashboards as the
+cluster (``val-core/<data_source>/acc/mean@k``). The training set mixes every level. Generation is
+deterministic for a seed; validation problems of levels 5 and 6 (10,000+ problems each) never appear in the
+training set.
 """
 
 from __future__ import annotations
@@ -19,10 +29,12 @@ BENCHMARKS: list[tuple[str, int]] = [
     ("math500", 1), ("amc23", 2), ("minerva", 3), ("olympiad", 4), ("aime24", 5), ("aime25", 6),
 ]
 DATA_SOURCE_PREFIX = "local_"
-RECIPE_VERSION = 2  # bump when the generated data changes (names cached data sets)
-# Levels 1-4 are small tables (at most 100 problems): their validation problems also occur in training,
-# as facts a model has seen. Levels 5-6 have 1,000+ problems: their validation problems are held out.
+RECIPE_VERSION = 3  # bump when the generated data changes (names cached data sets)
+# Levels 1-4 have at most 4,000 problems: their validation problems may also occur in training.
+# Levels 5-6 have 10,000+ problems: their validation problems are held out.
 HELD_OUT_LEVELS = (5, 6)
+# operators of each level, applied left to right to one-digit operands
+LEVEL_OPERATORS: dict[int, str] = {1: "+", 2: "-", 3: "++", 4: "+-", 5: "+-+", 6: "+-+-"}
 
 
 @dataclass(frozen=True)
@@ -31,29 +43,38 @@ class Problem:
     answer: int
     level: int
 
+    @property
+    def solution(self) -> str:
+        """The worked solution the warm start teaches (without the end-of-turn token)."""
+        return worked_solution(self.question.rstrip("="))
+
+
+def worked_solution(expression: str) -> str:
+    """One line per operation with its partial result, then the boxed answer: "7+8-3" -> "7+8=15\\n15-3=12\\n\\boxed{12}"."""
+    operands = [int(d) for d in expression[0::2]]
+    operators = expression[1::2]
+    lines, total = [], operands[0]
+    for op, operand in zip(operators, operands[1:]):
+        new = total + operand if op == "+" else total - operand
+        lines.append(f"{total}{op}{operand}={new}")
+        total = new
+    return "\n".join(lines + [f"\\boxed{{{total}}}"])
+
 
 def _level(rng: random.Random, level: int) -> tuple[str, int]:
-    """One problem of a level. Levels 1-4 are small tables a tiny model can learn; 5-6 need carries."""
-    r = rng.randint
-    if level == 1:  # small sums
-        a, b = r(0, 4), r(0, 4)
-        return f"{a}+{b}", a + b
-    if level == 2:  # one-digit sums
-        a, b = r(0, 9), r(0, 9)
-        return f"{a}+{b}", a + b
-    if level == 3:  # one-digit differences, possibly negative
-        a, b = r(0, 9), r(0, 9)
-        return f"{a}-{b}", a - b
-    if level == 4:  # one-digit products
-        a, b = r(2, 9), r(2, 9)
-        return f"{a}*{b}", a * b
-    if level == 5:  # three one-digit terms
-        a, b, c = r(0, 9), r(0, 9), r(0, 9)
-        return f"{a}+{b}+{c}", a + b + c
-    if level == 6:  # two-digit sums
-        a, b = r(10, 99), r(10, 99)
-        return f"{a}+{b}", a + b
-    raise ValueError(f"level must be 1..6, got {level}")
+    """One problem of a level: len(LEVEL_OPERATORS[level]) operations on one-digit operands (0-9)."""
+    if level not in LEVEL_OPERATORS:
+        raise ValueError(f"level must be 1..6, got {level}")
+    operators = LEVEL_OPERATORS[level]
+    # shuffle the operator pattern of levels that mix + and - (so "a-b+c" occurs as well as "a+b-c")
+    if len(set(operators)) > 1:
+        operators = "".join(rng.choice("+-") for _ in operators)
+    digits = [rng.randint(0, 9) for _ in range(len(operators) + 1)]
+    expression = str(digits[0]) + "".join(op + str(d) for op, d in zip(operators, digits[1:]))
+    total = digits[0]
+    for op, d in zip(operators, digits[1:]):
+        total = total + d if op == "+" else total - d
+    return expression, total
 
 
 def make_problems(n: int, level: int, seed: int, exclude: set[str] | None = None) -> list[Problem]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from orchestrator.local import tasks
 from orchestrator.local.tiny_model import build_tiny_model, cache_root, quiet_transformers
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: worked solutions (tasks recipe 3)
 MARKER = "maspo_warm_start.json"
 
 
@@ -86,7 +86,7 @@ def _examples(tokenizer, problems):
     out = []
     for p in problems:
         prompt = _encode(tokenizer, p.question)
-        response = tokenizer.encode(f"\\boxed{{{p.answer}}}", add_special_tokens=False) + [tokenizer.eos_token_id]
+        response = tokenizer.encode(p.solution, add_special_tokens=False) + [tokenizer.eos_token_id]
         out.append((prompt, response))
     return out
 
@@ -107,7 +107,7 @@ def _batch(examples, pad_id):
 
 
 def sampled_accuracy(model, tokenizer, problems, temperature: float = 1.0, seed: int = 0,
-                     max_new_tokens: int = 16) -> float:
+                     max_new_tokens: int = 48) -> float:
     """Fraction of problems whose sampled response the shared reward function scores +1."""
     import torch
 
