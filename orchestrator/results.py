@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -663,6 +664,74 @@ def passk_table(results: Results, estimator: Estimator | None = None):
     return t
 
 
+# ---------------------------------------------------------------------------------------------------------
+# what each loss did to the gradient (docs/algorithms.md#mechanism-metrics)
+
+# actor/mechanism/<key>, its column heading; every one a fraction shown in % except the |rho - 1| means
+MECHANISM_COLUMNS: list[tuple[str, str]] = [
+    ("outside_clip_frac", "|rho-1|>0.2"), ("outside_clip_frac_pos", "... A>0"), ("outside_clip_frac_neg", "... A<0"),
+    ("hard_clip_frac", "clip zeroes"), ("kept_frac", "kept"), ("suppressed_frac", "w<0.5"),
+    ("pos_clipped_frac", "A>0 tokens clipped"), ("pos_mass_clipped", "A>0 mass clipped"),
+    ("ratio_dev_last", "|rho-1| last"),
+]
+MECHANISM_PREFIX = "actor/mechanism/"
+
+
+def mechanism_means(trial: TrialResult) -> dict[str, float]:
+    """Each mechanism metric's mean over the trial's training steps (the steps that logged it)."""
+    out = {}
+    for key, _ in MECHANISM_COLUMNS:
+        values = [d[MECHANISM_PREFIX + key] for d in trial.history.values()
+                  if _finite(d.get(MECHANISM_PREFIX + key))]
+        if values:
+            out[key] = statistics.fmean(values)
+    return out
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def mechanism_rows(results: Results) -> list[tuple[Row, dict[str, tuple[float, float]]]]:
+    """Per row: metric -> (mean, standard deviation) over seeds of the per-trial step means."""
+    out = []
+    for row in results.rows:
+        per_trial = [mechanism_means(t) for t in row.trials]
+        cells = {}
+        for key, _ in MECHANISM_COLUMNS:
+            values = [m[key] for m in per_trial if key in m]
+            if values:
+                cells[key] = (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+        out.append((row, cells))
+    return out
+
+
+def mechanism_table(results: Results):
+    """What each row's loss did to the gradient: the mechanism metrics, mean over training steps and seeds."""
+    from rich.table import Table
+
+    t = Table(title=f"{results.plan.name}: mechanism metrics (% of response tokens per update; mean over training "
+                    f"steps, then mean ± std over seeds)", title_justify="left")
+    t.add_column("method")
+    for _, heading in MECHANISM_COLUMNS:
+        t.add_column(heading, justify="right")
+    for row, cells in mechanism_rows(results):
+        shown = []
+        for key, _ in MECHANISM_COLUMNS:
+            cell = cells.get(key)
+            scale, digits = (1.0, 4) if key.startswith("ratio_dev") else (100.0, 2)
+            if cell is None:
+                shown.append("-")
+            else:
+                shown.append(f"{scale * cell[0]:.{digits}f}"
+                             + (f" ± {scale * cell[1]:.{digits}f}" if len(row.trials) > 1 else ""))
+        t.add_row(row.label, *shown)
+    t.caption = ("definitions: docs/algorithms.md#mechanism-metrics; the reference clip is eps = 0.2 for every "
+                 "method; kept = tokens that clip would zero whose gradient keeps more than half its weight")
+    t.caption_justify = "left"
+    return t
+
+
 def as_records(results: Results) -> list[dict]:
     columns = table_columns(results.sources, "bootstrap")[:-1] + [
         f"{s}/pass_unbiased" for s in [*results.sources, "average"]]
@@ -695,6 +764,7 @@ def to_json(results: Results) -> str:
         "at": results.at, "checkpoint": results.checkpoint(), "rows": as_records(results),
         "trials": [{"name": t.name, "label": t.label, "algorithm": t.algorithm, "seed": t.seed, "state": t.state,
                     "step": t.step, "at": t.at, "attempts": t.attempts, "wall_s": round(t.wall_s, 1),
+                    "mechanism": mechanism_means(t),
                     "gpu_hours": round(t.gpu_hours, 4), "final": t.final,
                     "passk": {e: {s: {str(k): v for k, v in d.items()} for s, d in t.curve(e).items()}
                               for e in ESTIMATORS}}

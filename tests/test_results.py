@@ -372,3 +372,43 @@ def test_results_command_options(tmp_path):
         assert out.exit_code == 2 and message in out.output and "Traceback" not in out.output, out.output
     out = runner.invoke(app, ["results", "ckpt", "--root", str(tmp_path), "--at", "10"], terminal_width=300)
     assert out.exit_code == 0 and "at step 10" in " ".join(out.output.split())
+
+
+# --------------------------------------------------------------------------------------------------------
+# what each loss did: the mechanism metrics per row
+
+
+def test_mechanism_table_means_over_steps_then_seeds(tmp_path):
+    """GRPO's seeds log outside_clip_frac 0.02 + 0.01 * seed at steps 1-2 (seed means 0.02 and 0.03) and nothing at
+    the validation-only step 0; MASPO's seed 0 logs a NaN at step 2, which is left out; kept_frac only for MASPO."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    plan = plan_experiment(load_spec("compare"), baselines="grpo", seeds=2, name="mech")
+    curves = {(a, s): {0: flat(0.3), 2: flat(0.4)} for a in ("grpo", "maspo") for s in (0, 1)}
+
+    def training(algorithm, seed, step):
+        if algorithm == "grpo":
+            return {"actor/mechanism/outside_clip_frac": 0.02 + 0.01 * seed, "actor/mechanism/ratio_dev_last": 0.5}
+        nan = seed == 0 and step == 2
+        return {"actor/mechanism/outside_clip_frac": float("nan") if nan else 0.04 * step,
+                "actor/mechanism/kept_frac": 0.01 * step}
+
+    write_experiment(tmp_path, plan, curves, training, steps=(1, 2))
+    results = R.collect(tmp_path / "mech")
+    cells = {row.label: c for row, c in R.mechanism_rows(results)}
+    assert cells["GRPO"]["outside_clip_frac"] == pytest.approx((0.025, 0.00707107), rel=1e-5)
+    assert "kept_frac" not in cells["GRPO"] and cells["GRPO"]["ratio_dev_last"] == pytest.approx((0.5, 0.0))
+    # MASPO seed 0: step 1 only (0.04); seed 1: mean of 0.04 and 0.08 (0.06)
+    assert cells["MASPO"]["outside_clip_frac"][0] == pytest.approx(0.05)
+    assert cells["MASPO"]["kept_frac"][0] == pytest.approx(0.015)
+    text = words(R.mechanism_table(results))
+    assert "GRPO │ 2.50 ± 0.71 │" in text and "0.5000 ± 0.0000" in text and "MASPO │ 5.00 ± 1.41 │" in text
+    out = CliRunner().invoke(app, ["results", "mech", "--root", str(tmp_path), "--mechanism",
+                                   "--json", str(tmp_path / "r.json")], terminal_width=300)
+    assert out.exit_code == 0 and "mechanism metrics" in out.output, out.output
+    saved = {t["name"]: t["mechanism"] for t in json.loads((tmp_path / "r.json").read_text())["trials"]}
+    assert sorted(round(m["outside_clip_frac"], 4) for m in saved.values()) == [0.02, 0.03, 0.04, 0.06]

@@ -61,3 +61,33 @@ def test_write_dataset_has_verl_schema_and_no_leakage(tmp_path):
         for truth in val["reward_model"]:
             assert compute_score("x", f"\\boxed{{{truth['ground_truth']}}}", truth["ground_truth"],
                                  {"split": "test"})["score"] == 1.0
+
+
+def test_worked_solutions_are_correct_lines_of_tens_of_tokens():
+    from orchestrator.local.tasks import worked_solution
+    from orchestrator.local.tiny_model import build_tokenizer
+
+    assert worked_solution("7+8-3+6") == "7+8=15\n15-3=12\n12+6=18\n\\boxed{18}"
+    assert worked_solution("4-6") == "4-6=-2\n\\boxed{-2}"
+    tokenizer = build_tokenizer()
+    lengths = {}
+    for _, level in BENCHMARKS:
+        for p in make_problems(50, level, seed=5):
+            lines = p.solution.split("\n")
+            # every line is a true equation whose left side starts from the previous line's result
+            previous = None
+            for line in lines[:-1]:
+                left, right = line.split("=")
+                assert eval(left) == int(right)  # noqa: S307 - our own arithmetic strings
+                if previous is not None:
+                    assert left.startswith(previous)
+                previous = right
+            assert lines[-1] == f"\\boxed{{{p.answer}}}" and previous == str(p.answer)
+            assert compute_score("x", p.solution, str(p.answer), {"split": "train"})["score"] == 1.0
+            n = len(tokenizer.encode(p.solution, add_special_tokens=False)) + 1  # + end of turn
+            lengths.setdefault(level, []).append(n)
+    # one operation per line: levels 1-2 one, 3-4 two, 5 three, 6 four; tens of tokens, within the 48 allowed
+    assert {level: len(make_problems(1, level, seed=5)[0].solution.split("\n")) - 1 for level in lengths} == {
+        1: 1, 2: 1, 3: 2, 4: 2, 5: 3, 6: 4}
+    assert min(map(min, lengths.values())) >= 15 and max(map(max, lengths.values())) <= 48
+    assert sum(map(sum, lengths.values())) / sum(map(len, lengths.values())) > 20

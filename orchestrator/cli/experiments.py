@@ -130,6 +130,10 @@ def results_command(
         help="Which validation: `last` (default), `best` (per row, the step with the best Avg@k averaged over "
              "benchmarks and seeds) or a step number.")] = "last",
     gain: Annotated[bool, typer.Option("--gain", help="Also MASPO's gain over GRPO (Table 2), the paper's beside.")] = False,
+    mechanism: Annotated[bool, typer.Option(
+        "--mechanism", help="Also what each loss did to the gradient: tokens outside the clip range, zeroed, kept, "
+                            "the positive-advantage mass a hard clip discards (docs/algorithms.md#mechanism-metrics)."
+    )] = False,
     plot: Annotated[Optional[Path], typer.Option(
         "--plot", help="Write Figure 3's training dynamics and Pass@k against k as PNG files into this directory.")] = None,
     claims: Annotated[bool, typer.Option(
@@ -158,7 +162,7 @@ def results_command(
         # before anything is printed: nothing to test is one line, exit 2
         report = evaluate(experiment.path, [other.path for other in others])
     results = _print_results(experiment.path, passk=passk, at=at, estimator=estimator.value if estimator else None,
-                             gain=gain, plot=plot)
+                             gain=gain, plot=plot, mechanism=mechanism)
     for path, text, what in ((csv_out, to_csv, "CSV"), (json_out, to_json, "JSON")):
         if path:
             try:
@@ -200,7 +204,7 @@ def demo_command(
         console.print(f"{experiment.path} is done: its results (delete the directory to run the demo again)",
                       markup=False)
         results_command(name=name, passk=False, csv_out=None, json_out=None, root=root, estimator=None, at="last",
-                        gain=False, plot=None, claims=False, pooled=None)
+                        gain=False, mechanism=False, plot=None, claims=False, pooled=None)
         return
     plan = _plan("sweep", "alpha-beta", name=name, profile=Profile.local, scale=None, seeds=1, steps=None,
                  max_concurrent=max_concurrent, scheduler=Scheduler.fifo, demo=True, grid=Grid.listed, profile_set=[])
@@ -430,8 +434,8 @@ def _print_schedule(plan, nodes: int) -> None:
 
 
 def _print_results(exp_dir: Path, passk: bool = False, *, at: str = "last", estimator: Optional[str] = None,
-                   gain: bool = False, plot: Optional[Path] = None):
-    from orchestrator.results import collect, gain_table, passk_table, table, trials_table
+                   gain: bool = False, plot: Optional[Path] = None, mechanism: bool = False):
+    from orchestrator.results import collect, gain_table, mechanism_table, passk_table, table, trials_table
 
     results = collect(exp_dir, at=at, estimator=estimator)
     console.print(table(results, paper=True))
@@ -440,6 +444,8 @@ def _print_results(exp_dir: Path, passk: bool = False, *, at: str = "last", esti
         console.print(passk_table(results))
     if gain:
         console.print(gain_table(results))
+    if mechanism:
+        console.print(mechanism_table(results))
     if plot is not None:
         from orchestrator.plots import write_figures
 

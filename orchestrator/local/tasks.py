@@ -9,8 +9,8 @@ warm start teaches a short worked solution, one partial result per line, then th
     \\boxed{18}
 
 so a response is tens of tokens (16-44 with the byte-level tokenizer), a small chain of thought whose
-intermediate tokens a policy can get wrong, as in the paper's long reasoning (docs/local-profile.md). Only the
-boxed answer is rewarded. Difficulty is graded in six levels (one to four operations), one validation set per
+intermediate tokens a policy can get wrong, as in the paper's long reasoning (docs/verl-on-cpu.md#local-regime).
+Only the boxed answer is rewarded. Difficulty is graded in six levels (one to four operations), one validation set per
 level, named after the paper's six benchmarks in order of their difficulty for the paper's models (MATH-500
 easiest, AIME 2025 hardest), so the local profile produces the same metric keys, tables and dashboards as the
 cluster (``val-core/<data_source>/acc/mean@k``). The training set mixes every level. Generation is
