@@ -692,8 +692,9 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def mechanism_rows(results: Results) -> list[tuple[Row, dict[str, tuple[float, float]]]]:
-    """Per row: metric -> (mean, standard deviation) over seeds of the per-trial step means."""
+def mechanism_rows(results: Results) -> list[tuple[Row, dict[str, tuple[float, float | None]]]]:
+    """Per row: metric -> (mean, standard deviation) over seeds of the per-trial step means (no deviation from
+    one seed)."""
     out = []
     for row in results.rows:
         per_trial = [mechanism_means(t) for t in row.trials]
@@ -701,7 +702,7 @@ def mechanism_rows(results: Results) -> list[tuple[Row, dict[str, tuple[float, f
         for key, _ in MECHANISM_COLUMNS:
             values = [m[key] for m in per_trial if key in m]
             if values:
-                cells[key] = (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+                cells[key] = (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None)
         out.append((row, cells))
     return out
 
@@ -724,7 +725,7 @@ def mechanism_table(results: Results):
                 shown.append("-")
             else:
                 shown.append(f"{scale * cell[0]:.{digits}f}"
-                             + (f" ± {scale * cell[1]:.{digits}f}" if len(row.trials) > 1 else ""))
+                             + (f" ± {scale * cell[1]:.{digits}f}" if cell[1] is not None else ""))
         t.add_row(row.label, *shown)
     t.caption = ("definitions: docs/algorithms.md#mechanism-metrics; the reference clip is eps = 0.2 for every "
                  "method; kept = tokens that clip would zero whose gradient keeps more than half its weight")

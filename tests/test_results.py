@@ -412,3 +412,14 @@ def test_mechanism_table_means_over_steps_then_seeds(tmp_path):
     assert out.exit_code == 0 and "mechanism metrics" in out.output, out.output
     saved = {t["name"]: t["mechanism"] for t in json.loads((tmp_path / "r.json").read_text())["trials"]}
     assert sorted(round(m["outside_clip_frac"], 4) for m in saved.values()) == [0.02, 0.03, 0.04, 0.06]
+
+
+def test_mechanism_table_shows_no_spread_from_one_seed(tmp_path):
+    plan = plan_experiment(load_spec("compare"), baselines="grpo", seeds=2, name="mech1")
+    curves = {(a, s): {0: flat(0.3), 1: flat(0.4)} for a in ("grpo", "maspo") for s in (0, 1)}
+    write_experiment(tmp_path, plan, curves, lambda a, s, step: {"actor/mechanism/kept_frac": 0.01} if s == 0 else {},
+                     steps=(1,))
+    cells = {row.label: c for row, c in R.mechanism_rows(R.collect(tmp_path / "mech1"))}
+    assert cells["GRPO"]["kept_frac"] == (0.01, None)
+    assert "1.00 │" in words(R.mechanism_table(R.collect(tmp_path / "mech1"))) and "±" not in words(
+        R.mechanism_table(R.collect(tmp_path / "mech1"))).split("definitions")[0].split("method")[1]

@@ -30,6 +30,8 @@ def test_the_sweep_succeeds_with_every_trial(local_sweep):
         status = json.loads((exp_dir / "trials" / trial["name"] / "status.json").read_text())
         assert status["state"] == "succeeded"
     assert "2/2 trials done" in done.stdout
+    # the closing summary shows what each setting's loss did (real trials log the mechanism metrics)
+    assert "mechanism metrics" in " ".join(done.stdout.split())
 
 
 def test_a_killed_job_is_retried_and_resumes_from_its_checkpoint(local_sweep):

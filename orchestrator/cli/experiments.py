@@ -204,7 +204,7 @@ def demo_command(
         console.print(f"{experiment.path} is done: its results (delete the directory to run the demo again)",
                       markup=False)
         results_command(name=name, passk=False, csv_out=None, json_out=None, root=root, estimator=None, at="last",
-                        gain=False, mechanism=False, plot=None, claims=False, pooled=None)
+                        gain=False, mechanism=True, plot=None, claims=False, pooled=None)
         return
     plan = _plan("sweep", "alpha-beta", name=name, profile=Profile.local, scale=None, seeds=1, steps=None,
                  max_concurrent=max_concurrent, scheduler=Scheduler.fifo, demo=True, grid=Grid.listed, profile_set=[])
@@ -333,7 +333,7 @@ def _launch_locked(plan, experiment, *, address: Optional[str], root: Path, resu
                   f"{' (REHEARSED on CPU)' if plan.rehearse else ''}, {_concurrency(plan)}, {plan.steps} steps each"
                   f"{', resuming' if resume else ''}. Outputs: {escape(str(exp_dir))}")
     code = run_experiment(plan, exp_dir, console, address=address, restore=resume)
-    _print_results(exp_dir)
+    _print_results(exp_dir, mechanism=None)
     if plan.rehearse:
         from orchestrator.rehearsal import checks_table, rehearsal_checks
 
@@ -434,8 +434,10 @@ def _print_schedule(plan, nodes: int) -> None:
 
 
 def _print_results(exp_dir: Path, passk: bool = False, *, at: str = "last", estimator: Optional[str] = None,
-                   gain: bool = False, plot: Optional[Path] = None, mechanism: bool = False):
-    from orchestrator.results import collect, gain_table, mechanism_table, passk_table, table, trials_table
+                   gain: bool = False, plot: Optional[Path] = None, mechanism: Optional[bool] = False):
+    """``mechanism``: print the mechanism table (None: when any trial logged mechanism metrics)."""
+    from orchestrator.results import (collect, gain_table, mechanism_rows, mechanism_table, passk_table, table,
+                                      trials_table)
 
     results = collect(exp_dir, at=at, estimator=estimator)
     console.print(table(results, paper=True))
@@ -444,7 +446,7 @@ def _print_results(exp_dir: Path, passk: bool = False, *, at: str = "last", esti
         console.print(passk_table(results))
     if gain:
         console.print(gain_table(results))
-    if mechanism:
+    if mechanism or (mechanism is None and any(cells for _, cells in mechanism_rows(results))):
         console.print(mechanism_table(results))
     if plot is not None:
         from orchestrator.plots import write_figures
