@@ -711,8 +711,9 @@ def mechanism_table(results: Results):
     """What each row's loss did to the gradient: the mechanism metrics, mean over training steps and seeds."""
     from rich.table import Table
 
-    t = Table(title=f"{results.plan.name}: mechanism metrics (% of response tokens per update; mean over training "
-                    f"steps, then mean ± std over seeds)", title_justify="left")
+    t = Table(title=f"{results.plan.name}: mechanism metrics (% per update of the response tokens; the A>0 columns: "
+                    f"of the positive-advantage tokens and of their old-policy mass; mean over training steps, then "
+                    f"mean ± std over seeds)", title_justify="left")
     t.add_column("method")
     for _, heading in MECHANISM_COLUMNS:
         t.add_column(heading, justify="right")
