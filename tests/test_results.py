@@ -419,7 +419,7 @@ def test_mechanism_table_shows_no_spread_from_one_seed(tmp_path):
     curves = {(a, s): {0: flat(0.3), 1: flat(0.4)} for a in ("grpo", "maspo") for s in (0, 1)}
     write_experiment(tmp_path, plan, curves, lambda a, s, step: {"actor/mechanism/kept_frac": 0.01} if s == 0 else {},
                      steps=(1,))
-    cells = {row.label: c for row, c in R.mechanism_rows(R.collect(tmp_path / "mech1"))}
-    assert cells["GRPO"]["kept_frac"] == (0.01, None)
-    assert "1.00 │" in words(R.mechanism_table(R.collect(tmp_path / "mech1"))) and "±" not in words(
-        R.mechanism_table(R.collect(tmp_path / "mech1"))).split("definitions")[0].split("method")[1]
+    results = R.collect(tmp_path / "mech1")
+    cells = {row.label: c for row, c in R.mechanism_rows(results)}
+    assert cells["GRPO"]["kept_frac"] == (0.01, None)  # seed 1 logged nothing: one value, no deviation
+    assert "GRPO │ - │ - │ - │ - │ 1.00 │ - │" in words(R.mechanism_table(results))
