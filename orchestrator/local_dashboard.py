@@ -20,7 +20,7 @@ from orchestrator.dashboards import (
     DashboardError, Definition, Panel, Validation, blocks_for, detect_validation, expand, experiment_path,
     load_definition, sections_for,
 )
-from orchestrator.plots import PALETTE
+from orchestrator.plots import PALETTE, is_number
 from orchestrator.results import (
     ESTIMATOR_NAMES, PAPER_NAMES, Estimator, TrialResult, default_estimator, group_rows, mean_curves, order_rows,
     ordered_sources, paper_applies, paper_passk_rows, ranks, table_columns, trial_result,
@@ -39,7 +39,7 @@ class Trial:
     result: TrialResult | None = None  # its final validation, as ``maspo results`` reads it
 
     def series(self, key: str) -> list[tuple[int, float]]:
-        return [(s, d[key]) for s, d in sorted(self.history.items()) if _is_number(d.get(key))]
+        return [(s, d[key]) for s, d in sorted(self.history.items()) if is_number(d.get(key))]
 
     def final(self, key: str) -> float | None:
         points = self.series(key)
@@ -58,9 +58,6 @@ class Trial:
             node = node[part]
         return node
 
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def load_trials(exp_dir: Path) -> list[Trial]:
@@ -204,7 +201,7 @@ def parallel_svg(title: str, panel: Panel, trials: list[Trial], colors: dict[str
             v = trial.config(column.config)
         else:
             v = trial.final(column.final) if column.final else trial.best(column.best)
-        return float(v) if _is_number(v) else None
+        return float(v) if is_number(v) else None
 
     rows = [(t, [value(t, c) for c in panel.columns]) for t in trials]
     complete = [(t, vs) for t, vs in rows if all(v is not None for v in vs)]

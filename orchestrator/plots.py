@@ -40,7 +40,8 @@ def training_panels(k: int | None) -> list[tuple[str, str]]:
             ("response_length/mean", "Response length (mean tokens)")]
 
 
-def _is_number(value) -> bool:
+def is_number(value) -> bool:
+    """A finite int or float (not a bool): a value a curve or a mean can use."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -49,7 +50,7 @@ def aggregate(histories: Histories, key: str) -> list[tuple[int, float, float, f
     by_step: dict[int, list[float]] = {}
     for steps in histories:
         for step, data in steps.items():
-            if _is_number(data.get(key)):
+            if is_number(data.get(key)):
                 by_step.setdefault(step, []).append(float(data[key]))
     return [(s, sum(v) / len(v), min(v), max(v)) for s, v in sorted(by_step.items())]
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -679,17 +678,16 @@ MECHANISM_PREFIX = "actor/mechanism/"
 
 def mechanism_means(trial: TrialResult) -> dict[str, float]:
     """Each mechanism metric's mean over the trial's training steps (the steps that logged it)."""
+    from orchestrator.plots import is_number
+
     out = {}
     for key, _ in MECHANISM_COLUMNS:
         values = [d[MECHANISM_PREFIX + key] for d in trial.history.values()
-                  if _finite(d.get(MECHANISM_PREFIX + key))]
+                  if is_number(d.get(MECHANISM_PREFIX + key))]
         if values:
             out[key] = statistics.fmean(values)
     return out
 
-
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def mechanism_rows(results: Results) -> list[tuple[Row, dict[str, tuple[float, float | None]]]]:
