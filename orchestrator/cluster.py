@@ -87,13 +87,23 @@ def _reload_ray_auth() -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
+# Ports Ray binds at fixed numbers unless told otherwise (the defaults of GCS, dashboard, client server, dashboard
+# agent, and the Prometheus servers of the dashboard head and the autoscaler). A port picked for one of our
+# cluster's listeners must be none of them: a runtime-env agent given 44227 meets the dashboard head's metrics
+# server there and every job fails with "HTTP 405 ... use OPTIONS or GET" (docs/orchestration.md#local-ray-ports).
+RAY_FIXED_PORTS = frozenset({6379, 8265, 10001, 52365, 44217, 44227})
+
+
 def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports free on 127.0.0.1 now, none of them one of :data:`RAY_FIXED_PORTS`."""
     sockets, ports = [], []
-    for _ in range(n):
+    while len(ports) < n:
         s = socket.socket()
         s.bind(("127.0.0.1", 0))
         sockets.append(s)
-        ports.append(s.getsockname()[1])
+        port = s.getsockname()[1]
+        if port not in RAY_FIXED_PORTS:
+            ports.append(port)
     for s in sockets:
         s.close()
     return ports
@@ -121,8 +131,6 @@ class LocalRayCluster:
         self.temp_dir = Path(tempfile.mkdtemp(prefix="maspo-ray-", dir="/tmp"))
         self.log_path = (log_dir or self.temp_dir) / "ray-start.log"
         self.process: subprocess.Popen | None = None
-        (self.gcs_port, self.dashboard_port, self.agent_port, self.agent_grpc_port, self.runtime_env_port,
-         self.metrics_port, self.client_port, self.node_manager_port, self.object_manager_port) = free_ports(9)
         # not in temp_dir: Ray makes that world-writable (0777, no sticky bit), where another user could swap the
         # file; a directory of its own in /tmp (sticky) with mode 0700 is this user's alone
         self.auth_dir = Path(tempfile.mkdtemp(prefix="maspo-ray-auth-", dir="/tmp"))
@@ -130,7 +138,18 @@ class LocalRayCluster:
         self.env = {**os.environ, **self.client_env(), "RAY_USAGE_STATS_ENABLED": "0",
                     MARKER: str(self.temp_dir)}
         self.env.pop("RAY_AUTH_TOKEN", None)  # a user's token for another cluster would take precedence
+        self._pick_ports()
         self._saved_env: dict[str, str | None] | None = None
+
+    def _pick_ports(self) -> None:
+        """Every port the cluster listens on, chosen here: the nine ``ray start`` takes as flags and the two
+        Prometheus servers Ray would otherwise put on fixed ports (44227, 44217), which it reads from the
+        environment. Fixed ports would clash with a second cluster on the machine, or with one of our own picks."""
+        (self.gcs_port, self.dashboard_port, self.agent_port, self.agent_grpc_port, self.runtime_env_port,
+         self.metrics_port, self.client_port, self.node_manager_port, self.object_manager_port,
+         self.dashboard_metrics_port, self.autoscaler_metrics_port) = free_ports(11)
+        self.env["DASHBOARD_METRIC_PORT"] = str(self.dashboard_metrics_port)
+        self.env["AUTOSCALER_METRIC_PORT"] = str(self.autoscaler_metrics_port)
 
     def client_env(self) -> dict[str, str]:
         """What a client of this cluster needs in its environment: token mode, and where the token is."""
@@ -205,8 +224,7 @@ class LocalRayCluster:
                 os.killpg(self.process.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-            (self.gcs_port, self.dashboard_port, self.agent_port, self.agent_grpc_port, self.runtime_env_port,
-             self.metrics_port, self.client_port, self.node_manager_port, self.object_manager_port) = free_ports(9)
+            self._pick_ports()
         return self
 
     def _command(self) -> list[str]:

@@ -27,6 +27,7 @@ The experiment directory (``runs/<NAME>/``) is read and written by :mod:`orchest
 
 from __future__ import annotations
 
+import errno
 import os
 import shlex
 import sys
@@ -457,7 +458,12 @@ def quiet_disk_full() -> None:
 
 
 def _disk_full_in(err: BaseException | None) -> BaseException | None:
-    """The :class:`DiskFull` or ``OSError(ENOSPC)`` in an error's chain (Tune and Ray wrap a trial's error)."""
+    """The :class:`DiskFull` or ``OSError(ENOSPC)`` in an error's chain (Tune and Ray wrap a trial's error).
+
+    ``ResultGrid.errors`` holds a string, not an exception, for a trial whose error Tune could not unpickle (a
+    RuntimeEnvSetupError, for one): such a string is a full disk only if it says so."""
+    if isinstance(err, str):
+        return OSError(errno.ENOSPC, err.strip().splitlines()[-1]) if "No space left on device" in err else None
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))

@@ -91,6 +91,17 @@ def test_other_os_errors_are_not_called_a_full_disk(tmp_path, monkeypatch):
         write_json(tmp_path / "status.json", {})
 
 
+def test_a_trial_error_tune_kept_as_a_string_is_a_full_disk_only_if_it_says_so():
+    """ResultGrid.errors holds strings for errors Tune could not unpickle (a RuntimeEnvSetupError): the disk-full
+    check reads them instead of crashing the command with an AttributeError."""
+    from orchestrator.tune_runner import _disk_full_in
+
+    assert _disk_full_in("RuntimeEnvSetupError: Failed to set up runtime environment.\nHTTP 405") is None
+    full = _disk_full_in("Traceback ...\nOSError: [Errno 28] No space left on device: '/runs/x'\n")
+    assert isinstance(full, OSError) and full.errno == errno.ENOSPC
+    assert _disk_full_in(RuntimeError("boom")) is None
+
+
 def test_disk_full_survives_the_trip_from_a_ray_worker(tmp_path):
     """Tune pickles a trial's error in the worker and unpickles it in the driver."""
     import pickle

@@ -66,13 +66,59 @@ def _session_alive(sid: int) -> list[str]:
     return alive
 
 
+def _answers_prometheus(port: int, wait_s: float = 60) -> bool:
+    """Whether a Prometheus exporter answers on 127.0.0.1:port within ``wait_s`` (the dashboard head starts its
+    own a few seconds after the job agent answers)."""
+    import requests
+
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            response = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2)
+            if response.ok and "# HELP" in response.text:
+                return True
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def test_free_ports_are_distinct_and_never_one_of_rays_fixed_ports(monkeypatch):
+    from orchestrator import cluster
+
+    offered = iter([44227, 6379, 40001, 44217, 40002, 8265, 40003])
+
+    class FakeSocket:  # the OS hands out Ray's fixed ports first; free_ports must skip them
+        def __init__(self):
+            self.port = next(offered)
+
+        def bind(self, address):
+            pass
+
+        def getsockname(self):
+            return ("127.0.0.1", self.port)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(cluster.socket, "socket", FakeSocket)
+    assert cluster.free_ports(3) == [40001, 40002, 40003]
+    monkeypatch.undo()
+    ports = cluster.free_ports(11)
+    assert len(set(ports)) == 11 and not set(ports) & cluster.RAY_FIXED_PORTS
+
+
 @pytest.mark.slow
 def test_stop_ends_the_whole_cluster_quickly():
-    from orchestrator.cluster import LocalRayCluster
+    from orchestrator.cluster import RAY_FIXED_PORTS, LocalRayCluster
 
     cluster = LocalRayCluster().start()
     sid = cluster.process.pid  # ray start leads its own session
     assert _session_alive(sid)
+    # the dashboard head's Prometheus server is on the port we chose, not on Ray's fixed 44227 (where it once met
+    # our runtime-env agent: every job then failed with "HTTP 405 ... use OPTIONS or GET")
+    assert RAY_FIXED_PORTS.isdisjoint(cluster.env[k] for k in ("DASHBOARD_METRIC_PORT", "AUTOSCALER_METRIC_PORT"))
+    assert _answers_prometheus(cluster.dashboard_metrics_port), "the dashboard's metrics are not on our port"
     cluster.stop()
     # `ray start` shut the node down itself on SIGTERM (a SIGTERM to the whole group kills the GCS first: then
     # it retries the GCS past stop()'s wait and ends by our SIGKILL)
