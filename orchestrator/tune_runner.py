@@ -282,22 +282,30 @@ def build_tuner(plan: ExperimentPlan, exp_dir: Path, callbacks=(), poll_s: float
 
 
 def _check_tune_state(tune_dir: Path) -> None:
-    """Raise if the state ``Tuner.restore`` and ``fit`` will read is torn: the newest experiment state and the
-    newest search-algorithm state (the ones Tune picks) must be whole JSON. Tune writes them in place, so a full
-    disk or a crash mid-write leaves them cut off, and Tune then fails inside ``fit`` (JSONDecodeError, or a trial
-    restored without its config: KeyError)."""
+    """Raise if the state ``Tuner.restore`` and ``fit`` will read is torn. Tune writes its experiment state
+    (``experiment_state-*.json``, JSON) in place, so a full disk or a crash mid-write leaves it cut off, and Tune
+    then fails inside ``fit`` (JSONDecodeError, or a trial restored without its config: KeyError). The search
+    algorithm's state (``basic-variant-state-*.json``) is a pickle despite its name, written to a temporary file and
+    renamed; it is checked by walking its opcodes to the end (``pickletools``: unpickling it would need Tune's
+    registry of trainables)."""
     import json
+    import pickletools
 
-    for pattern in ("experiment_state-*.json", "basic-variant-state-*.json"):
-        found = sorted(tune_dir.glob(pattern))
-        if not found:
-            if pattern.startswith("experiment_state"):
-                raise FileNotFoundError(f"no {pattern} in {tune_dir}")
-            continue
+    found = sorted(tune_dir.glob("experiment_state-*.json"))
+    if not found:
+        raise FileNotFoundError(f"no experiment_state-*.json in {tune_dir}")
+    try:
+        json.loads(found[-1].read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{found[-1].name} is not whole JSON ({err})") from None
+    found = sorted(tune_dir.glob("basic-variant-state-*.json"))
+    if found:
         try:
-            json.loads(found[-1].read_text())
+            *_, (last, _, _) = pickletools.genops(found[-1].read_bytes())
+            if last.name != "STOP":
+                raise ValueError("no STOP opcode")
         except (OSError, ValueError) as err:
-            raise ValueError(f"{found[-1].name} is not whole JSON ({err})") from None
+            raise ValueError(f"{found[-1].name} is not a whole pickle ({err})") from None
 
 
 def _rebuild_from_store(plan: ExperimentPlan, exp_dir: Path, tune_dir: Path, err: BaseException) -> list:

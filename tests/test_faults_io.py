@@ -281,3 +281,21 @@ def test_a_torn_tune_state_is_rebuilt_from_our_own_files(tmp_path, capsys):
     assert tuner._local_tuner._param_space["trial"] == {"grid_search": [names[0], names[2]]}
     err = capsys.readouterr().err
     assert "unreadable" in err and "2 unfinished trial(s)" in err and "not whole JSON" in err
+
+
+def test_tunes_pickled_search_state_is_whole_or_torn_never_called_json(tmp_path):
+    """Tune pickles its search state into ``basic-variant-state-*.json``: a whole one passes the check (a JSON
+    reading of it once sent every ``maspo resume`` to a fresh experiment), a cut-off one does not."""
+    import pickle
+
+    from orchestrator.tune_runner import _check_tune_state
+
+    (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_data": []}')
+    state = tmp_path / "basic-variant-state-2026-01-01_00-00-00.json"
+    whole = pickle.dumps({"_iterators": [], "_trial_generator": list(range(50)), "_finished": False}, protocol=5)
+    state.write_bytes(whole)
+    _check_tune_state(tmp_path)
+    for torn in (whole[: len(whole) // 2], b""):
+        state.write_bytes(torn)
+        with pytest.raises(ValueError, match="not a whole pickle"):
+            _check_tune_state(tmp_path)

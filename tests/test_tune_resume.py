@@ -84,6 +84,10 @@ def test_sigint_then_restore_runs_only_the_unfinished_trials(tmp_path):
     second = subprocess.run([sys.executable, "-c", RUN, str(exp_dir), "restore"], env=env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, output[-2000:] + second.stdout[-3000:] + second.stderr[-3000:]
+    # Tuner.restore read Tune's own state: no fall-back to a fresh experiment (a search state checked as JSON,
+    # when Tune pickles it, once sent every resume there)
+    assert "unreadable" not in second.stdout + second.stderr
+    assert not list(exp_dir.glob("tune.unreadable-*"))
     assert len(_status(exp_dir, finished_first)["attempts"]) == 1  # not run again
     for name in unfinished:
         status = _status(exp_dir, name)
