@@ -475,6 +475,22 @@ class TrialDir:
     def write_info(self, info: dict) -> None:
         write_json(self.path / TRIAL_FILE, info)
 
+    def last_written(self, since: float) -> float:
+        """When the trial's job last wrote a file here (its metrics, checkpoints, W&B run, logs), and ``since``
+        if it wrote none later: the end of an attempt whose job nobody saw end (its driver was killed), so that
+        the hours until the next command found it are not counted as the trial's (docs/orchestration.md#sigkill).
+        The status and config files are the controller's, not the job's, and do not count."""
+        newest = since
+        for path in self.path.rglob("*"):
+            if path.name in (STATUS_FILE, TRIAL_FILE):
+                continue
+            try:
+                if path.is_file():
+                    newest = max(newest, path.stat().st_mtime)
+            except OSError:  # removed while we looked (a checkpoint being replaced)
+                continue
+        return newest
+
     def wall_seconds(self) -> float:
         """The summed wall time of every attempt (one still running counts to its start)."""
         return sum((a.get("ended") or a["started"]) - a["started"] for a in self.status().get("attempts", [])

@@ -75,7 +75,7 @@ def trial_controller(config: dict) -> None:
     identity = {"maspo_experiment": plan.name, "maspo_trial": planned.name}
     # a restored trial's previous job may still run (a driver killed by SIGKILL cannot stop it): it must have
     # ended before the checkpoint is read and a new job writes the same checkpoint directory
-    lost = _end_previous_jobs(client, identity, status)
+    lost = _end_previous_jobs(client, identity, status, files)
     stream = files.stream()
     if lost is not None and lost.get("metrics_path"):
         # what the lost attempt's job logged after its controller died counts, as if it had been tailed
@@ -155,21 +155,34 @@ def trial_controller(config: dict) -> None:
 PREVIOUS_JOB_STOP_S = 120.0  # verl gets SIGTERM, then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S (3 s by default)
 
 
-def _end_previous_jobs(client, identity: dict[str, str], status: dict) -> dict | None:
+def _end_previous_jobs(client, identity: dict[str, str], status: dict, files) -> dict | None:
     """Stop every job of this trial still running on the cluster and wait until each has ended. If the last
-    attempt's controller could not record its end (it died with a killed driver), record it and return it."""
+    attempt's controller could not record its end (it died with a killed driver), record it and return it.
+
+    A job stopped here ended now. A job found already ended ended when the cluster says (its job info), or, when
+    the cluster that ran it is gone (a local profile's killed cluster), when it last wrote a file of the trial
+    (``TrialDir.last_written``): not now, which would count the hours between the kill and the resume as the
+    trial's wall time and GPU-hours."""
     stopped = stop_jobs(client, identity, wait_s=PREVIOUS_JOB_STOP_S)
     if stopped:
         status["state"] = "stopped"
     last = status["attempts"][-1] if status["attempts"] else None
     if last is None or last.get("ended") is not None:
         return None
+    if last["submission_id"] in stopped:
+        ended, ended_by = time.time(), "stopped by resume"
+    else:
+        ended, ended_by = None, "found ended by resume"
     try:
-        job_status = str(client.get_job_status(last["submission_id"]).value)
+        info = client.get_job_info(last["submission_id"])
+        job_status = str(info.status.value)
+        if ended is None and info.end_time:
+            ended = info.end_time / 1000  # ms
     except Exception:  # noqa: BLE001 (a job of another cluster: a local profile's killed cluster was stopped)
         job_status = "STOPPED"
-    last.update(ended=time.time(), job_status=job_status,
-                ended_by="stopped by resume" if last["submission_id"] in stopped else "found ended by resume")
+    if ended is None:
+        ended = files.last_written(since=last["started"])
+    last.update(ended=ended, job_status=job_status, ended_by=ended_by)
     return last
 
 

@@ -299,3 +299,54 @@ def test_tunes_pickled_search_state_is_whole_or_torn_never_called_json(tmp_path)
         state.write_bytes(torn)
         with pytest.raises(ValueError, match="not a whole pickle"):
             _check_tune_state(tmp_path)
+
+
+class _GoneJobs:
+    """A job client of a cluster that lists no job of the trial; ``info`` is what it says of the last job."""
+
+    def __init__(self, info=None):
+        self.info = info
+
+    def list_jobs(self):
+        return []
+
+    def get_job_info(self, submission_id):
+        if self.info is None:
+            raise RuntimeError(f"job {submission_id} not found")  # a killed local cluster's job: gone with it
+        return self.info
+
+
+def _lost_attempt(tmp_path, started: float):
+    files = ExperimentDir(tmp_path / "exp").trial("t")
+    attempt = files.attempt_dir(1)
+    attempt.mkdir(parents=True)
+    status = {"state": "running", "attempts": [{"attempt": 1, "submission_id": "t-a1", "started": started,
+                                                "metrics_path": str(attempt / "metrics.jsonl")}]}
+    return files, attempt, status
+
+
+def test_a_job_found_ended_by_resume_ends_when_it_last_wrote_not_when_found(tmp_path):
+    """A driver killed at 04:20 and resumed at 05:08 once gave its trial 49 minutes of wall time and GPU-hours
+    for nothing: the lost attempt now ends at the job's last write (or the cluster's own end time)."""
+    from types import SimpleNamespace
+
+    from orchestrator.tune_runner import _end_previous_jobs
+
+    now = time.time()
+    files, attempt, status = _lost_attempt(tmp_path, started=now - 3000)
+    (attempt / "metrics.jsonl").write_text('{"step": 0}\n')
+    os.utime(attempt / "metrics.jsonl", (now - 2900, now - 2900))  # the job's last sign of life
+    files.write_status(status)  # the controller's own file, rewritten now: not the job's
+    lost = _end_previous_jobs(_GoneJobs(), {"maspo_trial": "t"}, status, files)
+    assert lost["ended_by"] == "found ended by resume" and lost["job_status"] == "STOPPED"
+    assert lost["ended"] == pytest.approx(now - 2900, abs=1)
+    files.write_status(status)
+    assert files.wall_seconds() == pytest.approx(100, abs=1)
+
+    files, attempt, status = _lost_attempt(tmp_path / "b", started=now - 3000)
+    info = SimpleNamespace(status=SimpleNamespace(value="SUCCEEDED"), end_time=(now - 2500) * 1000)
+    lost = _end_previous_jobs(_GoneJobs(info), {"maspo_trial": "t"}, status, files)
+    assert lost["job_status"] == "SUCCEEDED" and lost["ended"] == pytest.approx(now - 2500, abs=1)
+
+    files, attempt, status = _lost_attempt(tmp_path / "c", started=now - 3000)  # wrote nothing at all
+    assert _end_previous_jobs(_GoneJobs(), {"maspo_trial": "t"}, status, files)["ended"] == now - 3000
