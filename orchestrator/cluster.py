@@ -87,22 +87,31 @@ def _reload_ray_auth() -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
-# Ports Ray binds at fixed numbers unless told otherwise (the defaults of GCS, dashboard, client server, dashboard
-# agent, and the Prometheus servers of the dashboard head and the autoscaler). A port picked for one of our
-# cluster's listeners must be none of them: a runtime-env agent given 44227 meets the dashboard head's metrics
-# server there and every job fails with "HTTP 405 ... use OPTIONS or GET" (docs/orchestration.md#local-ray-ports).
-RAY_FIXED_PORTS = frozenset({6379, 8265, 10001, 52365, 44217, 44227})
+def ray_fixed_ports() -> frozenset[int]:
+    """Ports Ray binds at fixed numbers unless told otherwise, read from Ray's own constants: GCS, dashboard,
+    dashboard agent, and the Prometheus servers of the dashboard head and the autoscaler; plus the client server's
+    10001, which ``ray start`` hard-codes (ray/scripts/scripts.py). A port picked for one of our cluster's listeners
+    must be none of them: a runtime-env agent given the dashboard head's metrics port meets its Prometheus server
+    there and every job fails with "HTTP 405 ... use OPTIONS or GET" (docs/orchestration.md#local-ray-ports)."""
+    from ray._private import ray_constants
+    from ray.autoscaler._private.constants import AUTOSCALER_METRIC_PORT
+    from ray.dashboard.consts import DASHBOARD_METRIC_PORT
+
+    return frozenset({ray_constants.DEFAULT_PORT, ray_constants.DEFAULT_DASHBOARD_PORT, 10001,
+                      ray_constants.DEFAULT_DASHBOARD_AGENT_LISTEN_PORT, DASHBOARD_METRIC_PORT,
+                      AUTOSCALER_METRIC_PORT})
 
 
 def free_ports(n: int) -> list[int]:
-    """``n`` distinct ports free on 127.0.0.1 now, none of them one of :data:`RAY_FIXED_PORTS`."""
+    """``n`` distinct ports free on 127.0.0.1 now, none of them one of :func:`ray_fixed_ports`."""
+    fixed = ray_fixed_ports()
     sockets, ports = [], []
     while len(ports) < n:
         s = socket.socket()
         s.bind(("127.0.0.1", 0))
         sockets.append(s)
         port = s.getsockname()[1]
-        if port not in RAY_FIXED_PORTS:
+        if port not in fixed:
             ports.append(port)
     for s in sockets:
         s.close()
@@ -143,7 +152,7 @@ class LocalRayCluster:
 
     def _pick_ports(self) -> None:
         """Every port the cluster listens on, chosen here: the nine ``ray start`` takes as flags and the two
-        Prometheus servers Ray would otherwise put on fixed ports (44227, 44217), which it reads from the
+        Prometheus servers Ray would otherwise put on fixed ports (``ray_fixed_ports``), which it reads from the
         environment. Fixed ports would clash with a second cluster on the machine, or with one of our own picks."""
         (self.gcs_port, self.dashboard_port, self.agent_port, self.agent_grpc_port, self.runtime_env_port,
          self.metrics_port, self.client_port, self.node_manager_port, self.object_manager_port,

@@ -40,7 +40,8 @@ from orchestrator.errors import UserError
 from orchestrator.jobs import JobRun, JobStartTimeout, redacted, stop_jobs
 from orchestrator.rehearsal import drill, drill_step, quiet_resume_drills, should_drill
 from orchestrator.render import render_job, trial_checkpoint_dir
-from orchestrator.store import DiskFull, ExperimentDir, check_space, choose_resume, is_disk_full, read_records, summary
+from orchestrator.store import (DiskFull, ExperimentDir, TrialDir, check_space, choose_resume, is_disk_full,
+                                read_records, summary)
 from orchestrator.verl_bridge.patches import install_driver_patches
 
 SLOT_RESOURCE = "verl_slot"
@@ -155,7 +156,7 @@ def trial_controller(config: dict) -> None:
 PREVIOUS_JOB_STOP_S = 120.0  # verl gets SIGTERM, then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S (3 s by default)
 
 
-def _end_previous_jobs(client, identity: dict[str, str], status: dict, files) -> dict | None:
+def _end_previous_jobs(client, identity: dict[str, str], status: dict, files: TrialDir) -> dict | None:
     """Stop every job of this trial still running on the cluster and wait until each has ended. If the last
     attempt's controller could not record its end (it died with a killed driver), record it and return it.
 

@@ -86,6 +86,7 @@ def _answers_prometheus(port: int, wait_s: float = 60) -> bool:
 def test_free_ports_are_distinct_and_never_one_of_rays_fixed_ports(monkeypatch):
     from orchestrator import cluster
 
+    assert {6379, 8265, 10001, 52365, 44217, 44227} <= cluster.ray_fixed_ports()  # Ray 2.60's defaults
     offered = iter([44227, 6379, 40001, 44217, 40002, 8265, 40003])
 
     class FakeSocket:  # the OS hands out Ray's fixed ports first; free_ports must skip them
@@ -105,19 +106,19 @@ def test_free_ports_are_distinct_and_never_one_of_rays_fixed_ports(monkeypatch):
     assert cluster.free_ports(3) == [40001, 40002, 40003]
     monkeypatch.undo()
     ports = cluster.free_ports(11)
-    assert len(set(ports)) == 11 and not set(ports) & cluster.RAY_FIXED_PORTS
+    assert len(set(ports)) == 11 and not set(ports) & cluster.ray_fixed_ports()
 
 
 @pytest.mark.slow
 def test_stop_ends_the_whole_cluster_quickly():
-    from orchestrator.cluster import RAY_FIXED_PORTS, LocalRayCluster
+    from orchestrator.cluster import LocalRayCluster, ray_fixed_ports
 
     cluster = LocalRayCluster().start()
     sid = cluster.process.pid  # ray start leads its own session
     assert _session_alive(sid)
     # the dashboard head's Prometheus server is on the port we chose, not on Ray's fixed 44227 (where it once met
     # our runtime-env agent: every job then failed with "HTTP 405 ... use OPTIONS or GET")
-    assert RAY_FIXED_PORTS.isdisjoint(cluster.env[k] for k in ("DASHBOARD_METRIC_PORT", "AUTOSCALER_METRIC_PORT"))
+    assert ray_fixed_ports().isdisjoint(cluster.env[k] for k in ("DASHBOARD_METRIC_PORT", "AUTOSCALER_METRIC_PORT"))
     assert _answers_prometheus(cluster.dashboard_metrics_port), "the dashboard's metrics are not on our port"
     cluster.stop()
     # `ray start` shut the node down itself on SIGTERM (a SIGTERM to the whole group kills the GCS first: then
